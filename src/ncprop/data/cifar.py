@@ -6,8 +6,8 @@ Binary: each record is 1 label byte + 3,072 pixel bytes (R, G, B planes of 32x32
 
 Python: ``data_batch_1`` .. ``data_batch_5`` and ``test_batch`` in ``root`` or ``root/cifar-10-batches-py``.
 They are pickles, so they are read by :class:`SafeCifarUnpickler`, which imports nothing: the only
-globals it resolves are four names a pickled uint8 array needs (numpy's ``_reconstruct``,
-``ndarray``, ``dtype`` and ``_codecs.encode``), each mapped to a small stand-in of ours that records its
+globals it resolves are the few names a pickled numeric array needs (numpy's ``_reconstruct``,
+``_frombuffer`` (protocol 5), ``ndarray``, ``dtype`` and ``_codecs.encode``), each mapped to a small stand-in of ours that records its
 arguments; the arrays are then rebuilt with ``np.frombuffer``. Any other global (``os.system``,
 ``builtins.eval``, a user class, ...) raises ``pickle.UnpicklingError`` before anything runs.
 """
@@ -82,6 +82,16 @@ def _reconstruct(cls: Any, shape: Any, dtype: Any) -> _ArrayStub:
     return _ArrayStub()
 
 
+def _frombuffer(buf: Any, dtype: Any, shape: Any, order: Any) -> _ArrayStub:
+    """numpy's protocol-5 reconstructor ``_frombuffer(buffer, dtype, shape, order)``, made safe."""
+    stub = _ArrayStub()
+    if isinstance(buf, memoryview):
+        buf = buf.tobytes()
+    stub.__setstate__((1, tuple(shape) if isinstance(shape, (tuple, list)) else shape, dtype,
+                       order == "F", buf))
+    return stub
+
+
 def _codecs_encode(text: Any, encoding: Any = "utf-8") -> bytes:
     if not isinstance(text, str) or encoding != "latin1":
         raise pickle.UnpicklingError(f"refusing _codecs.encode({type(text).__name__}, {encoding!r})")
@@ -91,6 +101,8 @@ def _codecs_encode(text: Any, encoding: Any = "utf-8") -> bytes:
 _SAFE_GLOBALS = {
     ("numpy.core.multiarray", "_reconstruct"): _reconstruct,
     ("numpy._core.multiarray", "_reconstruct"): _reconstruct,
+    ("numpy.core.numeric", "_frombuffer"): _frombuffer,
+    ("numpy._core.numeric", "_frombuffer"): _frombuffer,
     ("numpy", "ndarray"): _NdarrayMarker,
     ("numpy", "dtype"): _DtypeStub,
     ("_codecs", "encode"): _codecs_encode,

@@ -30,7 +30,7 @@ from ncprop.optim import presets
 from ncprop.optim.core import DIRECTIONS, Transform
 
 REGIMES = ("conserved", "decays", "plateaus", "drifts")
-COUPLING_KINDS = ("coupled", "decoupled", "mixed")
+COUPLING_KINDS = ("coupled", "decoupled", "mixed", "unknown")
 CANONICAL = ("lr", "momentum", "weight_decay", "beta2", "eps", "dampening", "nesterov", "coupled_share")
 
 Factory = Callable[..., torch.optim.Optimizer]
@@ -43,11 +43,12 @@ class OptimizerInfo:
     Attributes:
         name: registry key (``"sgd"``, ``"adamw"``, ``"signum_w"``...).
         factory: ``factory(params, **canonical_hyperparameters) -> torch.optim.Optimizer``.
-        coupling: ``"coupled"``, ``"decoupled"`` or ``"mixed"``.
+        coupling: ``"coupled"``, ``"decoupled"``, ``"mixed"``, or ``"unknown"`` (a user's optimizer
+            whose placement of the decay is what the gate measures).
         sign_like: True for methods whose update has a magnitude independent of the gradient's
             scale (sign methods, Lion, Adam-type): the ones for which decoupled decay plateaus.
-        regime: the NC0 regime predicted for ``weight_decay > 0``.
-        regime_without_decay: the NC0 regime predicted for ``weight_decay = 0``.
+        regime: the NC0 regime predicted for ``weight_decay > 0`` (None: no prediction).
+        regime_without_decay: the NC0 regime predicted for ``weight_decay = 0`` (None: no prediction).
         sample_ranges: ``{hyperparameter: (low, high)}`` that the property suite draws from.
         fixed: canonical hyperparameters this optimizer does not take (``momentum`` for SignGD).
         reference: a trusted implementation to compare with step for step (torch.optim), if any.
@@ -59,8 +60,8 @@ class OptimizerInfo:
     factory: Factory
     coupling: str
     sign_like: bool
-    regime: str
-    regime_without_decay: str
+    regime: str | None
+    regime_without_decay: str | None
     sample_ranges: Mapping[str, tuple[float, float]] = field(default_factory=dict)
     fixed: Mapping[str, Any] = field(default_factory=dict)
     reference: Factory | None = None
@@ -69,8 +70,10 @@ class OptimizerInfo:
 
     def __post_init__(self) -> None:
         check_choice("coupling", self.coupling, COUPLING_KINDS)
-        check_choice("regime", self.regime, REGIMES)
-        check_choice("regime_without_decay", self.regime_without_decay, REGIMES)
+        if self.regime is not None:
+            check_choice("regime", self.regime, REGIMES)
+        if self.regime_without_decay is not None:
+            check_choice("regime_without_decay", self.regime_without_decay, REGIMES)
         if self.direction is not None:
             check_choice("direction", self.direction, tuple(DIRECTIONS))
 

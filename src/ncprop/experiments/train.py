@@ -1,0 +1,290 @@
+"""One training run: :func:`train_run` (cross-entropy, mini-batch, on the metric schedule).
+
+At every epoch of :func:`ncprop.experiments.config.metric_epochs` the run records the training loss
+and accuracy, the test accuracy, every NC metric of :mod:`ncprop.metrics` on the *training* set and
+NC4 on the *test* set (``test_nc4``, class means of the test features). Epoch 0 is the
+initialisation.
+
+Divergence: a non-finite training loss (or non-finite features) ends the run with status
+``"diverged"``; the records up to that point are kept. Nothing waits, prints or raises.
+
+Checkpoints: model, optimizer, shuffling-generator state, epoch and the records so far are written to
+``checkpoint_dir/<run_id>.pt`` atomically (temporary file, then ``os.replace``) at every metric epoch
+and every ``checkpoint_every`` epochs; a run started again with the same ``checkpoint_dir`` continues
+from the last checkpoint and ends with the same numbers as an uninterrupted run.
+
+Randomness: the model is initialised from ``seed`` (``build_model(seed=...)``, which forks the RNG)
+and the batch order comes from a ``torch.Generator`` seeded from ``seed``; the global RNG is never used.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import tempfile
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import torch
+import torch.nn.functional as F
+
+from ncprop.experiments.config import RunConfig, metric_epochs
+from ncprop.experiments.schedules import lr_factor
+
+STATUSES = ("done", "diverged", "failed")
+IN_MEMORY_LIMIT = 64 * 2**20  # features up to this many bytes are analysed in memory (one pass)
+
+
+@dataclass
+class RunResult:
+    """What one run produced. ``history`` is ``[(epoch, {name: value}), ...]`` in epoch order."""
+
+    run_id: str
+    status: str
+    history: list[tuple[int, dict[str, float]]] = field(default_factory=list)
+    wall_s: float = 0.0
+    error: str | None = None
+    resumed_from: int | None = None
+
+    @property
+    def final(self) -> dict[str, float]:
+        return dict(self.history[-1][1]) if self.history else {}
+
+    @property
+    def last_epoch(self) -> int:
+        return self.history[-1][0] if self.history else -1
+
+
+# ---------------------------------------------------------------------------------------------- data
+_DATA_CACHE: dict[str, Any] = {}
+
+
+def _data_key(config: RunConfig) -> str:
+    blob = json.dumps({"dataset": config.dataset, "options": config.data_options, "model": config.model == "ufm"},
+                      sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def _atomic_torch_save(obj: Any, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def load_data(config: RunConfig, cache_dir: str | os.PathLike | None = None) -> tuple[Any, Any]:
+    """``(train, test)`` ArrayDatasets for ``config`` (``(labels, None)`` for the UFM).
+
+    Data sets are cached in the process and, when ``cache_dir`` is given, on disk (generating
+    MNIST-1D takes seconds; a sweep's workers then generate it once).
+    """
+    key = _data_key(config)
+    if key in _DATA_CACHE:
+        return _DATA_CACHE[key]
+    path = Path(cache_dir) / f"data-{key}.pt" if cache_dir is not None else None
+    if path is not None and path.exists():
+        data = torch.load(path, weights_only=False)
+    else:
+        data = _make_data(config)
+        if path is not None:
+            _atomic_torch_save(data, path)
+    _DATA_CACHE[key] = data
+    return data
+
+
+def _make_data(config: RunConfig) -> tuple[Any, Any]:
+    options = dict(config.data_options)
+    if config.model == "ufm":
+        k = int(options.get("num_classes", 10))
+        per_class = int(options.get("per_class", 10))
+        return torch.arange(k).repeat_interleave(per_class), None
+    from ncprop.data import load_dataset
+
+    train = load_dataset(config.dataset, split="train", **options)
+    test = load_dataset(config.dataset, split="test", **options)
+    return train, test
+
+
+# ---------------------------------------------------------------------------------------------- model
+def build_run(config: RunConfig, train: Any) -> tuple[torch.nn.Module, torch.optim.Optimizer]:
+    """The model (initialised from ``config.seed``) and its optimizer, weight decay by param groups."""
+    from ncprop.models import build_model, param_groups
+    from ncprop.optim import build
+
+    dtype = getattr(torch, config.dtype)
+    options = dict(config.model_options)
+    if config.model == "ufm":
+        gen = torch.Generator().manual_seed(config.seed)
+        num_classes = int(config.data_options.get("num_classes", 10))
+        model = build_model("ufm", num_classes=num_classes, labels=train, seed=config.seed, generator=gen,
+                            feature_dim=int(options.pop("feature_dim", 32)), dtype=dtype, device=config.device,
+                            **options)
+    else:
+        model = build_model(config.model, in_shape=train.in_shape, num_classes=train.num_classes,
+                            seed=config.seed, dtype=dtype, device=config.device, **options)
+    groups = param_groups(model, config.weight_decay, no_decay_on_norm_and_bias=not config.decay_norm_and_bias)
+    for g in groups:
+        g.pop("names", None)
+    hp = config.hyperparameters()
+    hp.pop("weight_decay", None)
+    optimizer = build(config.optimizer, groups, weight_decay=config.weight_decay, **hp)
+    return model, optimizer
+
+
+def _train_batches(config: RunConfig, train: Any, gen: torch.Generator) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    dtype = getattr(torch, config.dtype)
+    if config.model == "ufm":
+        n = len(train)
+        bs = config.batch_size or n
+        order = torch.randperm(n, generator=gen) if bs < n else torch.arange(n)
+        for s in range(0, n, bs):
+            idx = order[s:s + bs]
+            yield idx.to(config.device), train[idx].to(config.device)
+        return
+    bs = config.batch_size or len(train)
+    yield from train.batches(bs, shuffle=True, generator=gen, device=config.device, dtype=dtype)
+
+
+def _eval_batches(config: RunConfig, data: Any) -> Callable[[], Iterator[tuple[torch.Tensor, torch.Tensor]]]:
+    dtype = getattr(torch, config.dtype)
+    if config.model == "ufm":
+        return lambda: iter([(torch.arange(len(data), device=config.device), data.to(config.device))])
+    bs = max(config.batch_size, 1024) if config.batch_size else len(data)
+    return lambda: data.batches(bs, device=config.device, dtype=dtype)
+
+
+# ---------------------------------------------------------------------------------------------- metrics
+def _evaluate(model: torch.nn.Module, batches: Callable[[], Iterator], num_classes: int, device: str,
+              prefix: str, nc_keys: tuple[str, ...] | None) -> dict[str, float]:
+    """Loss, accuracy and NC metrics over one data set (in memory when small, else streaming)."""
+    from ncprop.metrics import collect_nc_metrics, nc_metrics
+
+    feats, labels, loss_sum, correct, n = [], [], 0.0, 0, 0
+    stream = False
+    was_training = model.training
+    model.eval()
+    with torch.no_grad():
+        for x, y in batches():
+            logits, h = model.forward_features(x)
+            loss_sum += float(F.cross_entropy(logits.float(), y, reduction="sum"))
+            correct += int((logits.argmax(1) == y).sum())
+            n += len(y)
+            if not stream:
+                feats.append(h)
+                labels.append(y)
+                if sum(f.numel() * f.element_size() for f in feats) > IN_MEMORY_LIMIT:
+                    stream, feats, labels = True, [], []
+    model.train(was_training)
+    out = {f"{prefix}loss": loss_sum / max(n, 1), f"{prefix}acc": correct / max(n, 1)}
+    if not math.isfinite(out[f"{prefix}loss"]):
+        return out
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # undefined metrics come back as NaN; the DB stores them as NULL
+        if stream:
+            nc = collect_nc_metrics(model, batches, num_classes=num_classes, device=device)
+        else:
+            w = model.classifier.weight.detach()
+            b = model.classifier.bias.detach() if model.classifier.bias is not None else None
+            nc = {k: float(v) for k, v in nc_metrics(torch.cat(feats), torch.cat(labels), w, b,
+                                                      num_classes=num_classes).items()}
+    keys = nc_keys if nc_keys is not None else tuple(nc)
+    out.update({f"{prefix}{k}": nc[k] for k in keys})
+    return out
+
+
+def evaluate(model: torch.nn.Module, config: RunConfig, train: Any, test: Any) -> dict[str, float]:
+    """Training loss/accuracy and every NC metric on the training set; accuracy and NC4 on the test set."""
+    num_classes = model.num_classes
+    out = _evaluate(model, _eval_batches(config, train), num_classes, config.device, "", None)
+    out = {("train_loss" if k == "loss" else "train_acc" if k == "acc" else k): v for k, v in out.items()}
+    if test is not None and "nc0" in out:
+        t = _evaluate(model, _eval_batches(config, test), num_classes, config.device, "test_", ("nc4",))
+        out.update(t)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------- loop
+def checkpoint_path(checkpoint_dir: str | os.PathLike, run_id: str) -> Path:
+    return Path(checkpoint_dir) / f"{run_id}.pt"
+
+
+def train_run(config: RunConfig, *, checkpoint_dir: str | os.PathLike | None = None,
+              cache_dir: str | os.PathLike | None = None,
+              on_epoch: Callable[[int, dict[str, float]], None] | None = None) -> RunResult:
+    """Train ``config`` to the end (or to divergence) and return its :class:`RunResult`.
+
+    Exceptions other than divergence propagate (the sweep records them as ``"failed"``).
+    """
+    start = time.perf_counter()
+    run_id = config.run_id
+    train, test = load_data(config, cache_dir)
+    model, optimizer = build_run(config, train)
+    gen = torch.Generator().manual_seed(config.seed)
+    schedule = set(metric_epochs(config))
+    n = len(train)
+    steps_per_epoch = math.ceil(n / (config.batch_size or n))
+    history: list[tuple[int, dict[str, float]]] = []
+    first_epoch, resumed = 1, None
+    ckpt = checkpoint_path(checkpoint_dir, run_id) if checkpoint_dir is not None else None
+    if ckpt is not None and ckpt.exists():
+        state = torch.load(ckpt, weights_only=False, map_location=config.device)
+        if state.get("run_id") == run_id:
+            model.load_state_dict(state["model"])
+            optimizer.load_state_dict(state["optimizer"])
+            gen.set_state(state["generator"])
+            history = list(state["history"])
+            resumed = int(state["epoch"])
+            first_epoch = resumed + 1
+
+    def save(epoch: int) -> None:
+        if ckpt is not None:
+            _atomic_torch_save({"run_id": run_id, "epoch": epoch, "model": model.state_dict(),
+                                "optimizer": optimizer.state_dict(), "generator": gen.get_state(),
+                                "history": history}, ckpt)
+
+    def record(epoch: int) -> bool:
+        metrics = evaluate(model, config, train, test)
+        history.append((epoch, metrics))
+        if on_epoch is not None:
+            on_epoch(epoch, metrics)
+        return math.isfinite(metrics["train_loss"]) and "nc0" in metrics
+
+    if first_epoch == 1:
+        if not record(0):
+            return RunResult(run_id, "diverged", history, time.perf_counter() - start, "non-finite at init")
+    model.train()
+    for epoch in range(first_epoch, config.epochs + 1):
+        loss_sum = torch.zeros((), dtype=torch.float64, device=config.device)
+        for i, (x, y) in enumerate(_train_batches(config, train, gen)):
+            factor = lr_factor(config.schedule, (epoch - 1) * steps_per_epoch + i, steps_per_epoch=steps_per_epoch,
+                               epochs=config.epochs, warmup=config.warmup)
+            for group in optimizer.param_groups:
+                group["lr"] = config.lr * factor
+            loss = F.cross_entropy(model(x), y)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            loss_sum += loss.detach()
+        if not bool(torch.isfinite(loss_sum)):
+            history.append((epoch, {"train_loss": float("nan")}))
+            return RunResult(run_id, "diverged", history, time.perf_counter() - start,
+                             f"non-finite training loss in epoch {epoch}", resumed)
+        if epoch in schedule:
+            if not record(epoch):
+                return RunResult(run_id, "diverged", history, time.perf_counter() - start,
+                                 f"non-finite loss or features at epoch {epoch}", resumed)
+        if epoch < config.epochs and (epoch in schedule or (
+                config.checkpoint_every and epoch % config.checkpoint_every == 0)):
+            save(epoch)
+    return RunResult(run_id, "done", history, time.perf_counter() - start, None, resumed)

@@ -340,10 +340,11 @@ def _cond_limit(dtype: torch.dtype) -> float:
     return 1.0 / (1000.0 * torch.finfo(dtype).eps)
 
 
-def _nc1(cm: _ClassMeans, a_sum: Tensor, num_samples: float, notes: list[str]) -> Tensor:
+def _nc1(
+    cm: _ClassMeans, gram: Tensor, a_sum: Tensor, num_samples: float, notes: list[str]
+) -> Tensor:
     """NC1 = Tr(Sigma_W Sigma_B^+)/K = Tr(G^+ A G^+), all K x K; NaN where G is rank-deficient."""
     k = cm.counts.shape[0]
-    gram = cm.centred @ cm.centred.mT
     u = cm.null_vector
     uu = u.unsqueeze(-1) * u
     scale = gram.diagonal(dim1=-2, dim2=-1).sum(dim=-1) / (k - 1)  # Tr(G)/(K-1)
@@ -355,10 +356,10 @@ def _nc1(cm: _ClassMeans, a_sum: Tensor, num_samples: float, notes: list[str]) -
     inverse = (evecs / safe.unsqueeze(-2)) @ evecs.mT  # (G + c uu^T)^{-1}
     project = torch.eye(k, dtype=gram.dtype, device=gram.device) - uu
     pinv = project @ inverse @ project  # G^+
-    # Tr(G^+ A G^+) = ||G^+ A^{1/2}||^2: non-negative by construction (A's rounding is clipped)
-    a_vals, a_vecs = torch.linalg.eigh(a_sum / num_samples)
-    root = a_vecs * a_vals.clamp(min=0).sqrt().unsqueeze(-2)
-    value = (pinv @ root).square().sum(dim=(-2, -1))
+    # Tr(G^+ A G^+) = sum_j g_j^T A g_j over the columns g_j of G^+: a sum of quadratic forms of the
+    # positive semi-definite A, so >= 0; rounding at an exact collapse (A = 0) can leave -1e-30,
+    # which is clipped (the true value is 0 to rounding, and it is never a hidden undefined value)
+    value = ((a_sum / num_samples) @ pinv * pinv).sum(dim=(-2, -1)).clamp(min=0)
     if bool(singular.any()):
         notes.append(
             "nc1 is NaN because the between-class scatter is rank-deficient: the condition number "
@@ -389,7 +390,8 @@ def _metrics_from_stats(
     out["nc0"] = torch.linalg.vector_norm(w_sum, dim=-1)
     out["nc0_alpha"] = w_sum.square().sum(dim=-1) / k
     out["nc0_normalized"] = _ratio(out["nc0"], w_norm, "nc0_normalized", "||W|| = 0", notes)
-    out["nc1"] = _nc1(cm, terms.a_sum, num_samples, notes)
+    gram = centred @ centred.mT  # G = M~ M~^T
+    out["nc1"] = _nc1(cm, gram, terms.a_sum, num_samples, notes)
     out["nc2_equinorm_means"] = _equinorm(
         centred, "nc2_equinorm_means", "all centred class means are 0", notes
     )
@@ -398,7 +400,7 @@ def _metrics_from_stats(
         centred, "nc2_equiangular_means", "a centred class mean is 0", notes
     )
     out["nc2_equiangular_w"] = _equiangularity(w, "nc2_equiangular_w", "a row of W is 0", notes)
-    out["nc2"] = _etf_distance(centred @ centred.mT, "nc2", "M~ M~^T = 0", notes)
+    out["nc2"] = _etf_distance(gram, "nc2", "M~ M~^T = 0", notes)
     out["nc2w"] = _etf_distance(w @ w.mT, "nc2w", "W W^T = 0", notes)
     out["nc2m"] = _etf_distance(w @ centred.mT, "nc2m", "W M~^T = 0", notes)
     w_unit = _ratio(w, w_norm[..., None, None], "nc3", "||W|| = 0", notes)

@@ -85,27 +85,32 @@ def paper_vit() -> list[RunConfig]:
 # ---------------------------------------------------------------------------------------------- toy
 #: decoupled methods get decays an order of magnitude larger (as in the paper's grid).
 TOY_OPTIMIZERS = ("sgd", "sgdw", "adam", "adamw", "adam_mix", "signgd", "signgd_w", "signum", "signum_w", "lion")
-_TOY_LR = {"sgd": 0.05, "sgdw": 0.05}
+_TOY_LR = {"sgd": 0.1, "sgdw": 0.1}
 _UFM_LR = {"sgd": 0.5, "sgdw": 0.5}
 _TOY_WD_COUPLED = (1e-3, 5e-3)
 _TOY_WD_DECOUPLED = (1e-2, 5e-2)
+_MNIST1D_WD_COUPLED = (1e-3, 5e-3)
+_MNIST1D_WD_DECOUPLED = (5e-2, 2e-1)
 
 
 def _toy_lr(opt: str) -> float:
-    return _TOY_LR.get(opt, 1e-3)
+    return _TOY_LR.get(opt, 2e-3)
 
 
-def _toy_wds(opt: str) -> tuple[float, ...]:
+def _toy_wds(opt: str, part: str = "ufm") -> tuple[float, ...]:
     from ncprop.optim import get
 
-    return _TOY_WD_DECOUPLED if get(opt).coupling == "decoupled" else _TOY_WD_COUPLED
+    decoupled = get(opt).coupling == "decoupled"
+    if part == "mnist1d":
+        return _MNIST1D_WD_DECOUPLED if decoupled else _MNIST1D_WD_COUPLED
+    return _TOY_WD_DECOUPLED if decoupled else _TOY_WD_COUPLED
 
 
 def _toy_momenta(opt: str) -> tuple[float, ...]:
     return (0.0,) if opt in ("signgd", "signgd_w") else (0.9,)
 
 
-def toy(*, seeds: tuple[int, ...] = (0, 1), mnist1d_epochs: int = 60, ufm_steps: int = 1500) -> list[RunConfig]:
+def toy(*, seeds: tuple[int, ...] = (0, 1), mnist1d_epochs: int = 150, ufm_steps: int = 1500) -> list[RunConfig]:
     out: list[RunConfig] = []
     # Part 1: unconstrained features, full batch, many runs per process (ncprop.batched).
     for opt in TOY_OPTIMIZERS:
@@ -121,12 +126,12 @@ def toy(*, seeds: tuple[int, ...] = (0, 1), mnist1d_epochs: int = 60, ufm_steps:
                                  tags={"preset": "toy", "part": "ufm"}))
     # Part 2: MNIST-1D with a small MLP, mini-batch SGD-style training.
     for opt in TOY_OPTIMIZERS:
-        for mom, wd, seed in itertools.product(_toy_momenta(opt), _toy_wds(opt), seeds):
+        for mom, wd, seed in itertools.product(_toy_momenta(opt), _toy_wds(opt, "mnist1d"), seeds):
             out.append(RunConfig(model="mlp", dataset="mnist1d", optimizer=opt, lr=_toy_lr(opt), momentum=mom,
                                  weight_decay=wd, coupled_share=0.5 if opt == "adam_mix" else None,
-                                 schedule="step", epochs=mnist1d_epochs, batch_size=128, seed=seed,
+                                 schedule="step", epochs=mnist1d_epochs, batch_size=100, seed=seed,
                                  metric_epochs="log:10", model_options={"widths": [128, 128]},
-                                 data_options={"num_samples": 4000},
+                                 data_options={"num_samples": 1250},
                                  tags={"preset": "toy", "part": "mnist1d"}))
     return out
 

@@ -255,6 +255,10 @@ def train_run(config: RunConfig, *, checkpoint_dir: str | os.PathLike | None = N
 
     def record(epoch: int) -> bool:
         metrics = evaluate(model, config, train, test)
+        metrics["step"] = float(epoch * steps_per_epoch)
+        metrics["lr"] = config.lr * lr_factor(config.schedule, max(epoch * steps_per_epoch - 1, 0),
+                                              steps_per_epoch=steps_per_epoch, epochs=config.epochs,
+                                              warmup=config.warmup)
         history.append((epoch, metrics))
         if on_epoch is not None:
             on_epoch(epoch, metrics)

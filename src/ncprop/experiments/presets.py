@@ -120,8 +120,8 @@ def toy(*, seeds: tuple[int, ...] = (0, 1), mnist1d_epochs: int = 150, ufm_steps
         for (mom, wd), seed in itertools.product(grid, seeds):
             out.append(RunConfig(model="ufm", dataset="ufm", optimizer=opt, lr=_UFM_LR.get(opt, 1e-2), momentum=mom, weight_decay=wd,
                                  coupled_share=0.5 if opt == "adam_mix" else None, schedule="step",
-                                 epochs=ufm_steps, batch_size=0, seed=seed, metric_epochs="log:16",
-                                 engine="batched", model_options={"feature_dim": 32},
+                                 epochs=ufm_steps, batch_size=0, seed=seed, metric_epochs="every:25",
+                                 engine="batched", dtype="float64", model_options={"feature_dim": 32},
                                  data_options={"num_classes": 10, "per_class": 10},
                                  tags={"preset": "toy", "part": "ufm"}))
     # Part 2: MNIST-1D with a small MLP, mini-batch SGD-style training.

@@ -292,3 +292,54 @@ def train_run(config: RunConfig, *, checkpoint_dir: str | os.PathLike | None = N
                 config.checkpoint_every and epoch % config.checkpoint_every == 0)):
             save(epoch)
     return RunResult(run_id, "done", history, time.perf_counter() - start, None, resumed)
+
+
+# ---------------------------------------------------------------------------------------------- batched
+def train_group(configs: tuple[RunConfig, ...] | list[RunConfig]) -> list[RunResult]:
+    """UFM runs that differ only in hyperparameters and seed, trained as one stack of tensors by
+    ``ncprop.batched.train_batched`` (full batch: one epoch = one update; ``W ~ N(0, 1/p)``,
+    ``H ~ N(0, 1)`` from each run's seed, no bias unless ``model_options["bias"]``).
+
+    Metrics are recorded at the config's metric epochs; ``train_loss``/``train_acc`` are the
+    full-batch loss and accuracy. A run that diverges keeps its records up to the divergence.
+    """
+    from ncprop.batched import train_batched
+
+    start = time.perf_counter()
+    c0 = configs[0]
+    for c in configs:
+        if c.model != "ufm" or c.batch_size != 0:
+            raise ValueError(f"train_group trains full-batch UFM runs (model='ufm', batch_size=0); got "
+                             f"model={c.model!r}, batch_size={c.batch_size!r} in run {c.run_id}")
+    options = dict(c0.model_options)
+    k = int(c0.data_options.get("num_classes", 10))
+    marks = metric_epochs(c0)
+    gaps = [b - a for a, b in zip(marks, marks[1:])]
+    every = math.gcd(*gaps) if gaps else c0.epochs
+    res = train_batched(
+        c0.optimizer, [c.hyperparameters() for c in configs], [c.seed for c in configs], model="ufm",
+        num_classes=k, feature_dim=int(options.get("feature_dim", 32)),
+        per_class=int(c0.data_options.get("per_class", 10)), steps=c0.epochs,
+        lr_schedule=lambda t: lr_factor(c0.schedule, t, steps_per_epoch=1, epochs=c0.epochs, warmup=c0.warmup),
+        bias=bool(options.get("bias", False)), record_every=every, dtype=getattr(torch, c0.dtype), device=c0.device)
+    wall = (time.perf_counter() - start) / len(configs)
+    rename = {"loss": "train_loss", "accuracy": "train_acc"}
+    wanted = set(marks)
+    out = []
+    for i, c in enumerate(configs):
+        history = []
+        diverged_at = int(res.diverged_at[i]) if res.diverged is not None and bool(res.diverged[i]) else None
+        for step, metrics in res.history:
+            if step not in wanted or (diverged_at is not None and step >= diverged_at):
+                continue
+            rec = {rename.get(name, name): float(v[i]) for name, v in metrics.items()}
+            rec["step"] = float(step)
+            rec["lr"] = c.lr * lr_factor(c.schedule, max(step - 1, 0), steps_per_epoch=1, epochs=c.epochs,
+                                         warmup=c.warmup)
+            history.append((step, rec))
+        if diverged_at is not None:
+            history.append((diverged_at, {"train_loss": float("nan")}))
+            out.append(RunResult(c.run_id, "diverged", history, wall, f"non-finite parameters at step {diverged_at}"))
+        else:
+            out.append(RunResult(c.run_id, "done", history, wall))
+    return out

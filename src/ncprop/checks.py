@@ -183,8 +183,9 @@ class TrainRecord:
     """What :func:`train` saw, one entry per step (index t = state before step t; T+1 entries).
 
     ``row_sums`` (T+1, p): ``W_t^T 1``; ``bias_sums`` (T+1,): ``1^T b_t`` (or None);
-    ``weight_norms`` (T+1,); ``lemma_residuals`` (T,): :func:`ncprop.theory.zero_sum_residual` of
-    the loss gradient of W at step t (and of b, whichever is larger); ``lrs`` (T,) the rates used;
+    ``weight_norms`` (T+1,); ``lemma_residuals`` (T,): ``||1^T grad_W L|| / (sqrt(K) mean_i ||h_i||)``
+    at step t (and ``|1^T grad_b L| / sqrt(K)``, whichever is larger): the sum relative to the size
+    of the terms ``(softmax(z_i) - e_{y_i}) h_i^T`` it adds up; ``lrs`` (T,) the rates used;
     ``weights``: W_t at every step when asked for (else only the last); ``diverged``.
     """
 
@@ -239,11 +240,13 @@ def train(problem: Problem, optimizer: OptimizerLike, hp: Mapping[str, Any], lrs
         x = problem.inputs if idx is None else problem.inputs[idx]
         y = problem.labels if idx is None else problem.labels[idx]
         opt.zero_grad(set_to_none=True)
-        value = _loss(loss, model(x), y)
+        logits, feats = model.forward_features(x)
+        value = _loss(loss, logits, y)
         value.backward()
-        res = theory.zero_sum_residual(weight.grad)
+        feature_scale = float(torch.linalg.vector_norm(feats.detach(), dim=-1).mean())
+        res = theory.zero_sum_residual(weight.grad, feature_scale)
         if bias is not None and bias.grad is not None:
-            res = max(res, theory.zero_sum_residual(bias.grad))
+            res = max(res, theory.zero_sum_residual(bias.grad, 1.0))
         residuals.append(res)
         for group in opt.param_groups:
             group["lr"] = eta
@@ -304,7 +307,7 @@ def check_zero_sum_lemma(optimizer: OptimizerLike = "sgd", hp: Mapping[str, Any]
     """Lemma (THEORY.md section 3): ``1^T grad_W L = 0`` and ``1^T grad_b L = 0`` at every step of a
     real training run, for every shift-invariant loss (``"ce"``, ``"label_smoothing"``).
 
-    Passes when ``max_t ||1^T G_t|| / (sqrt(K) ||G_t||) <= rtol``. With ``loss="mse"`` theory says the
+    Passes when ``max_t ||1^T G_t|| / (sqrt(K) mean_i ||h_i||) <= rtol`` (:class:`TrainRecord`). With ``loss="mse"`` theory says the
     lemma does not hold, and the check is expected to fail.
     """
     info = resolve(optimizer)
@@ -316,7 +319,7 @@ def check_zero_sum_lemma(optimizer: OptimizerLike = "sgd", hp: Mapping[str, Any]
                 "optimizer": info.name}
     if worst > rtol:
         t = int(rec.lemma_residuals.argmax())
-        return _fail("lemma", f"||1^T grad_W L|| / (sqrt(K)||grad_W L||) = {worst:.3e} > {rtol:.0e} at step {t} "
+        return _fail("lemma", f"||1^T grad_W L|| / (sqrt(K) mean||h||) = {worst:.3e} > {rtol:.0e} at step {t} "
                      f"(loss {loss!r}, setup {setup!r})", evidence)
     return _ok("lemma", f"max relative ||1^T grad|| = {worst:.1e} <= {rtol:.0e} over {steps} steps", evidence)
 

@@ -126,15 +126,19 @@ def nc0_normalized(weight: Tensor) -> Tensor:
     return nc0(weight) / torch.linalg.matrix_norm(weight.to(_F64))
 
 
-def zero_sum_residual(grad: Tensor) -> float:
-    """``||1^T G|| / (sqrt(K) ||G||_F)``: 0 when the lemma holds (``1^T grad_W L = 0``), at most 1.
+def zero_sum_residual(grad: Tensor, scale: float | None = None) -> float:
+    """``||1^T G|| / (sqrt(K) * scale)``: 0 when the lemma holds (``1^T grad_W L = 0``).
 
-    ``grad`` is ``(K, p)`` (a weight gradient) or ``(K,)`` (a bias gradient). Returns 0 for ``G = 0``.
+    ``grad`` is ``(K, p)`` (a weight gradient) or ``(K,)`` (a bias gradient). ``scale`` defaults to
+    ``||G||_F`` (then the residual is at most 1); near a perfect fit ``G`` is tiny while the round-off
+    of ``softmax - onehot`` is not, so pass the size of the summed terms instead -- the mean feature
+    norm ``(1/B) sum_i ||h_i||`` for W, 1 for the bias. Returns 0 when the scale is 0.
     """
     g = grad.detach().to(_F64)
     if g.ndim == 1:
         g = g[:, None]
-    denom = math.sqrt(g.shape[0]) * float(torch.linalg.matrix_norm(g))
+    scale = float(torch.linalg.matrix_norm(g)) if scale is None else float(scale)
+    denom = math.sqrt(g.shape[0]) * scale
     return 0.0 if denom == 0 else float(torch.linalg.vector_norm(g.sum(dim=0))) / denom
 
 

@@ -591,7 +591,7 @@ def train_single(
     w0, h0 = initial_parameters(seed, num_classes=k, feature_dim=p, num_samples=n, draw_features=given is None,
                                 init_scale=init_scale, weight_init_scale=weight_init_scale)
     if given is not None:
-        h0 = given[0].to(torch.float64)
+        h0 = given[0].to(torch.float64, copy=True)  # never train the caller's tensor in place
 
     weight = nn.Parameter(w0.to(device=device, dtype=dtype))
     b = nn.Parameter(torch.zeros(k, dtype=dtype, device=device)) if bias else None

@@ -712,3 +712,26 @@ def test_streaming_on_device_matches_cpu_float64(ncprop_device):
     assert_metrics_close({kk: v.cpu() for kk, v in got.items()}, ref, rtol=1e-6, atol=1e-6)
     in_memory = nc_metrics(h, y, w, b, num_classes=k)
     assert_metrics_close({kk: v.cpu() for kk, v in in_memory.items()}, ref, rtol=1e-6, atol=1e-6)
+
+
+def test_warnings_point_at_the_callers_line():
+    features, labels, weight, bias = good_inputs()
+    acc = NCAccumulator(3, 4)
+    acc.update_means(features, labels)
+    acc.finalize_means()
+    acc.update_scatter(features, labels)
+    with pytest.warns(NCMetricWarning) as record:
+        acc.compute(weight, bias)
+    assert record[0].filename == __file__
+
+
+def test_float32_accumulation_is_available():
+    features, labels, weight, bias = make_problem(4, 3, 5, [4, 4, 4], offset=0.0)
+    acc = NCAccumulator(3, 5, dtype=torch.float32)
+    acc.update_means(features.float(), labels)
+    acc.finalize_means()
+    acc.update_scatter(features.float(), labels, logits=(features @ weight.T + bias).float())
+    got = acc.compute(weight.float(), bias.float())
+    ref = nc_metrics(features, labels, weight, bias, num_classes=3)
+    assert got["nc1"].dtype == torch.float32
+    assert_metrics_close({k: v.double() for k, v in got.items()}, ref, rtol=1e-3, atol=1e-5)

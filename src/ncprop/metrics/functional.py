@@ -283,9 +283,10 @@ def _scatter_terms(
 # Metric algebra on the sufficient statistics
 
 
-def _warn(notes: list[str]) -> None:
+def _warn(notes: list[str], stacklevel: int = 3) -> None:
+    """One NCMetricWarning for all notes; stacklevel 3 is the caller of the function calling this."""
     if notes:
-        warnings.warn("; ".join(notes), NCMetricWarning, stacklevel=3)
+        warnings.warn("; ".join(notes), NCMetricWarning, stacklevel=stacklevel)
 
 
 def _count_runs(mask: Tensor) -> str:
@@ -417,7 +418,7 @@ def _metrics_from_stats(
     out["tr_sw"] = (terms.sq_sum / num_samples).clamp(min=0).expand_as(out["nc0"]).clone()
     out["tr_sb"] = (m_norm.square() / k).expand_as(out["nc0"]).clone()
     run_shape = torch.broadcast_shapes(*(v.shape for v in out.values()))
-    _warn(notes)
+    _warn(notes, stacklevel=4)  # the caller of nc_metrics / NCAccumulator.compute
     return {key: out[key].expand(run_shape).clone() for key in METRIC_KEYS}
 
 

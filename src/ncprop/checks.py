@@ -136,7 +136,7 @@ def _init_module(module: nn.Module, generator: torch.Generator, scale: float = 1
 
 def make_problem(setup: str, num_classes: int, *, seed: int = 0, feature_dim: int = 8, per_class: int = 4,
                  in_dim: int = 6, widths: Sequence[int] = (12, 8), bias: bool = True,
-                 init_scale: float = 1.0) -> Problem:
+                 init_scale: float = 1.0, device: str | torch.device = "cpu") -> Problem:
     """Build one of the training setups of this module, in float64, from ``seed`` alone.
 
     - ``"ufm"``: N = K * per_class trainable features N(0, init_scale^2), a K x p head.
@@ -144,7 +144,20 @@ def make_problem(setup: str, num_classes: int, *, seed: int = 0, feature_dim: in
     - ``"etf"``: T3/T4's setting, ``H = E`` fixed, ``p = N = K``, ``W_0 = 0``, no bias.
     - ``"mlp"``: a Gaussian mixture in R^in_dim (class means 2 * N(0, I)), an MLP with ``widths``.
     - ``"cnn"``: random 1x8x8 images with a class-dependent mean, a two-layer CNN.
+
+    Data and parameters are drawn on the CPU and then moved to ``device``.
     """
+    problem = _make_problem_cpu(setup, num_classes, seed=seed, feature_dim=feature_dim, per_class=per_class,
+                                in_dim=in_dim, widths=widths, bias=bias, init_scale=init_scale)
+    device = torch.device(device)
+    if device.type != "cpu":
+        problem.model.to(device)
+        problem.inputs, problem.labels = problem.inputs.to(device), problem.labels.to(device)
+    return problem
+
+
+def _make_problem_cpu(setup: str, num_classes: int, *, seed: int, feature_dim: int, per_class: int, in_dim: int,
+                      widths: Sequence[int], bias: bool, init_scale: float) -> Problem:
     check_choice("setup", setup, SETUPS)
     check_positive_int("num_classes", num_classes, minimum=2)
     gen = seeded_generator(seed)
@@ -303,7 +316,7 @@ def _ok(claim: str, message: str, evidence: dict) -> CheckResult:
 def check_zero_sum_lemma(optimizer: OptimizerLike = "sgd", hp: Mapping[str, Any] | None = None, *,
                          setup: str = "mlp", loss: str = "ce", num_classes: int = 4, steps: int = 30,
                          lr: float = 0.05, batch_size: int | None = 8, seed: int = 0,
-                         rtol: float = 1e-12) -> CheckResult:
+                         rtol: float = 1e-12, device: str | torch.device = "cpu") -> CheckResult:
     """Lemma (THEORY.md section 3): ``1^T grad_W L = 0`` and ``1^T grad_b L = 0`` at every step of a
     real training run, for every shift-invariant loss (``"ce"``, ``"label_smoothing"``).
 
@@ -311,7 +324,7 @@ def check_zero_sum_lemma(optimizer: OptimizerLike = "sgd", hp: Mapping[str, Any]
     lemma does not hold, and the check is expected to fail.
     """
     info = resolve(optimizer)
-    problem = make_problem(setup, num_classes, seed=seed)
+    problem = make_problem(setup, num_classes, seed=seed, device=device)
     hp = dict(hp or {})
     rec = train(problem, info, hp, [lr] * steps, loss=loss, batch_size=batch_size, seed=seed)
     worst = float(rec.lemma_residuals.max())
@@ -345,12 +358,15 @@ def _row_sum_error(rec: TrainRecord, multipliers: Tensor, num_classes: int) -> t
 
 def _sgd_family_check(claim: str, kind: str, optimizer: OptimizerLike, *, lr: float | Sequence[float], momentum: float,
                       weight_decay: float, dampening: float, nesterov: bool, setup: str, num_classes: int,
-                      steps: int, batch_size: int | None, seed: int, rtol: float, loss: str) -> CheckResult:
+                      steps: int, batch_size: int | None, seed: int, rtol: float, loss: str,
+                      device: str | torch.device = "cpu") -> CheckResult:
     info = resolve(optimizer)
     lrs = [float(lr)] * steps if isinstance(lr, (int, float)) else [float(x) for x in lr]
     hp = _canonical(info, momentum=momentum, weight_decay=weight_decay, dampening=dampening, nesterov=nesterov)
-    problem = make_problem(setup, num_classes, seed=seed)
+    problem = make_problem(setup, num_classes, seed=seed, device=device)
     rec = train(problem, info, hp, lrs, loss=loss, batch_size=batch_size, seed=seed)
+    rec.row_sums, rec.weight_norms = rec.row_sums.cpu(), rec.weight_norms.cpu()
+    rec.bias_sums = None if rec.bias_sums is None else rec.bias_sums.cpu()
     c = theory.row_sum_multipliers(kind, lrs, momentum=momentum, weight_decay=weight_decay,
                                    dampening=dampening, nesterov=nesterov)
     err, t = _row_sum_error(rec, c, num_classes)
@@ -372,25 +388,27 @@ def _sgd_family_check(claim: str, kind: str, optimizer: OptimizerLike, *, lr: fl
 def check_t1(optimizer: OptimizerLike = "sgdw", *, lr: float | Sequence[float] = 0.1, momentum: float = 0.9,
              weight_decay: float = 0.05, dampening: float = 0.0, nesterov: bool = False, setup: str = "mlp",
              num_classes: int = 4, steps: int = 200, batch_size: int | None = 8, seed: int = 0,
-             rtol: float = 1e-10, loss: str = "ce") -> CheckResult:
+             rtol: float = 1e-10, loss: str = "ce", device: str | torch.device = "cpu") -> CheckResult:
     """T1: with decoupled weight decay and a linear optimizer (SGDW), ``m_{t+1} = (1 - eta_t lambda) m_t``
     at every step, whatever the momentum, dampening, Nesterov, data, batch and backbone.
 
     ``lr`` is a constant or a per-step schedule. ``rtol`` is relative to ``sqrt(K) max ||W||``."""
     return _sgd_family_check("T1", "sgdw", optimizer, lr=lr, momentum=momentum, weight_decay=weight_decay,
                              dampening=dampening, nesterov=nesterov, setup=setup, num_classes=num_classes,
-                             steps=steps, batch_size=batch_size, seed=seed, rtol=rtol, loss=loss)
+                             steps=steps, batch_size=batch_size, seed=seed, rtol=rtol, loss=loss,
+                             device=device)
 
 
 def check_t2(optimizer: OptimizerLike = "sgd", *, lr: float | Sequence[float] = 0.1, momentum: float = 0.9,
              weight_decay: float = 0.05, dampening: float = 0.0, nesterov: bool = False, setup: str = "mlp",
              num_classes: int = 4, steps: int = 200, batch_size: int | None = 8, seed: int = 0,
-             rtol: float = 1e-10, loss: str = "ce") -> CheckResult:
+             rtol: float = 1e-10, loss: str = "ce", device: str | torch.device = "cpu") -> CheckResult:
     """T2: with coupled weight decay (SGD), ``W_t^T 1`` follows the data-free recursion of
     :func:`ncprop.theory.sgd_multipliers` (momentum, dampening, Nesterov, schedule) at every step."""
     return _sgd_family_check("T2", "sgd", optimizer, lr=lr, momentum=momentum, weight_decay=weight_decay,
                              dampening=dampening, nesterov=nesterov, setup=setup, num_classes=num_classes,
-                             steps=steps, batch_size=batch_size, seed=seed, rtol=rtol, loss=loss)
+                             steps=steps, batch_size=batch_size, seed=seed, rtol=rtol, loss=loss,
+                             device=device)
 
 
 def _no_decay_run(optimizer: OptimizerLike, hp: Mapping[str, Any] | None, lr: float, setup: str, num_classes: int,
@@ -448,7 +466,7 @@ def _etf_run(info: OptimizerInfo, num_classes: int, lrs: Sequence[float], weight
 
 
 def check_t3(optimizer: OptimizerLike = "signgd_w", *, num_classes: int = 5, lr: float = 0.05,
-             weight_decay: float = 0.1, steps: int = 300, hp: Mapping[str, Any] | None = None,
+             weight_decay: float = 0.1, steps: int = 200, hp: Mapping[str, Any] | None = None,
              rtol: float = 1e-10) -> CheckResult:
     """T3: decoupled sign descent on ``H = E`` from ``W_0 = 0`` gives ``W_t = w_t (J - 2I)`` and
     ``alpha_t = ((K-2)^2/lambda^2)(1 - (1 - eta lambda)^t)^2``: increasing, never reaching 0.
@@ -480,7 +498,7 @@ def check_t3(optimizer: OptimizerLike = "signgd_w", *, num_classes: int = 5, lr:
 
 
 def check_t4(optimizer: OptimizerLike = "signgd", *, num_classes: int = 5, lr: float = 0.05,
-             weight_decay: float = 0.05, steps_per_stage: int = 200, stages: int = 3, factor: float = 10.0,
+             weight_decay: float = 0.05, steps_per_stage: int = 150, stages: int = 3, factor: float = 10.0,
              hp: Mapping[str, Any] | None = None, rtol: float = 1e-9) -> CheckResult:
     """T4: coupled sign descent on ``H = E`` from ``W_0 = 0`` follows the exact 2-parameter recursion
     of :func:`ncprop.theory.signgd_etf_trajectory`; ``alpha`` rises then falls; in every constant-lr

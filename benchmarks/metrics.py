@@ -10,7 +10,8 @@ For N = 50,000 samples, p = 512, K in {10, 100}, on the CPU (or ``--device``), m
   ``torch.linalg.pinv``, trace) divided by our full metric pass (which yields NC1 and every other
   metric). Goal: >= 10 at K = 10.
 
-Times are the best of ``--repeats`` interleaved rounds (p x p: half as many). Prints ratios; asserts nothing.
+Times are the best of ``--repeats`` interleaved rounds (p x p: half as many). Prints ratios;
+asserts nothing.
 
     python benchmarks/metrics.py [--n 50000] [--p 512] [--k 10 100] [--batches 1 10] [--threads T]
 """
@@ -87,7 +88,9 @@ def main() -> None:
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 10])
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    parser.add_argument(
+        "--threads", type=int, default=None, help="torch CPU threads (default: torch's)"
+    )
     args = parser.parse_args()
     if args.threads is not None:
         torch.set_num_threads(args.threads)

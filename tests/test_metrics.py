@@ -1,6 +1,6 @@
 """Tests of ncprop.metrics: hand-computed values, exact zeros at collapse, invariances (Hypothesis),
-streaming == in memory, the K x K NC1 against a naive p x p pseudo-inverse, Proposition 2.1, float32,
-bad input. The naive references below are deliberately brute force and live only here."""
+streaming == in memory, the K x K NC1 against a naive p x p pseudo-inverse, Proposition 2.1,
+float32, bad input. The naive references below are deliberately brute force and live only here."""
 
 from __future__ import annotations
 
@@ -42,7 +42,7 @@ INVARIANT_UNDER_SCALING = (
 # Naive brute-force references (p x p, loops): independent of the library's algebra
 
 
-def naive_nc1(features: torch.Tensor, labels: torch.Tensor, k: int, *, sample_mean=False, rtol=None):
+def naive_nc1(features, labels, k: int, *, sample_mean: bool = False, rtol: float | None = None):
     """Tr(Sigma_W Sigma_B^+)/K with p x p matrices and torch.linalg.pinv, in features' dtype."""
     h = features
     means = torch.stack([h[labels == c].mean(dim=0) for c in range(k)])
@@ -116,7 +116,12 @@ def problems(
 def assert_metrics_close(a: dict, b: dict, *, rtol: float, atol: float, keys=METRIC_KEYS):
     for key in keys:
         torch.testing.assert_close(
-            a[key], b[key], rtol=rtol, atol=atol, equal_nan=True, msg=lambda m, key=key: f"{key}: {m}"
+            a[key],
+            b[key],
+            rtol=rtol,
+            atol=atol,
+            equal_nan=True,
+            msg=lambda m, key=key: f"{key}: {m}",
         )
 
 
@@ -327,13 +332,12 @@ def test_streaming_equals_in_memory_for_any_batch_split(prob, data, global_mean)
 
 def test_batched_runs_equal_single_runs():
     k, p, runs = 4, 7, 3
-    problems_ = [make_problem(s, k, p, [3, 4, 2, 5]) for s in range(runs)]
-    labels = problems_[0][1]
-    features = torch.stack([make_problem(s, k, p, [3, 4, 2, 5])[0][torch.argsort(pr[1])]
-                            for s, pr in enumerate(problems_)])
-    labels = torch.sort(labels).values
-    weight = torch.stack([pr[2] for pr in problems_])
-    bias = torch.stack([pr[3] for pr in problems_])
+    problems_ = [make_problem(seed, k, p, [3, 4, 2, 5]) for seed in range(runs)]
+    # same class counts in every run: sorted by label, all runs share one label vector
+    labels = torch.sort(problems_[0][1]).values
+    features = torch.stack([h[torch.argsort(y, stable=True)] for h, y, _, _ in problems_])
+    weight = torch.stack([w for _, _, w, _ in problems_])
+    bias = torch.stack([b for _, _, _, b in problems_])
     batched = nc_metrics(features, labels, weight, bias, num_classes=k)
     for r in range(runs):
         single = nc_metrics(features[r], labels, weight[r], bias[r], num_classes=k)
@@ -365,7 +369,8 @@ def test_batched_runs_equal_single_runs():
 )
 def test_proposition_2_1_bound_holds_for_any_weight(k, p, seed, shift):
     gen = torch.Generator().manual_seed(seed)
-    weight = torch.randn(k, p, generator=gen, dtype=F64) + shift * torch.randn(p, generator=gen, dtype=F64)
+    weight = torch.randn(k, p, generator=gen, dtype=F64)
+    weight = weight + shift * torch.randn(p, generator=gen, dtype=F64)
     features, labels, _, _ = make_problem(seed, k, k + 1, [2] * k)
     if p != k + 1:
         features = features[:, :1].expand(-1, p).clone() + torch.randn(
@@ -429,7 +434,10 @@ def test_standalone_nc0_forms_are_batched():
     torch.testing.assert_close(nc0(weight), total.norm(dim=-1), rtol=1e-12, atol=0)
     torch.testing.assert_close(nc0_alpha(weight), total.square().sum(-1) / 5, rtol=1e-12, atol=0)
     torch.testing.assert_close(
-        nc0_normalized(weight), total.norm(dim=-1) / weight.flatten(-2).norm(dim=-1), rtol=1e-12, atol=0
+        nc0_normalized(weight),
+        total.norm(dim=-1) / weight.flatten(-2).norm(dim=-1),
+        rtol=1e-12,
+        atol=0,
     )
     assert nc0(weight).shape == (4, 2)
 
@@ -683,7 +691,8 @@ def test_collect_nc_metrics_matches_in_memory():
     model.eval()
     with torch.no_grad():
         h = model.features(x)
-    ref = nc_metrics(h, y, model.classifier.weight.detach(), model.classifier.bias.detach(), num_classes=k)
+    w, b = model.classifier.weight.detach(), model.classifier.bias.detach()
+    ref = nc_metrics(h, y, w, b, num_classes=k)
     for key in METRIC_KEYS:
         assert result[key] == pytest.approx(ref[key].item(), rel=1e-9, abs=1e-12), key
 

@@ -9,7 +9,8 @@ Every metric is computed from a handful of small sufficient statistics:
   within-class trace ``sum_i ||h_i - mu_{y_i}||^2`` and the nearest-class-mean predictions.
 
 NC1 is ``Tr(G^+ A G^+)`` with ``G = M~ M~^T`` (THEORY.md, "Computing NC1 without a p x p
-pseudo-inverse"); no p x p matrix is ever formed. ``G`` has rank K - 1 and a known null vector ``u``:
+pseudo-inverse"); no p x p matrix is ever formed. ``G`` has rank K - 1 and a known null vector
+``u``:
 ``u = 1/sqrt(K)`` for the class-mean global mean (``1^T M~ = 0``) and ``u = n/||n||`` (the class
 counts) for the sample-weighted global mean (``n^T M~ = 0``). For both,
 ``G^+ = P (G + c u u^T)^{-1} P`` with ``P = I - u u^T`` and ``c = Tr(G)/(K - 1)`` (the mean non-zero
@@ -115,7 +116,8 @@ def _first_nonfinite(name: str, value: Tensor) -> str:
     if bad.shape[0] == 0:
         return f"{name} is finite but its sums overflowed"
     index = tuple(bad[0].tolist())
-    return f"{name} contains NaN or Inf: {name}[{', '.join(map(str, index))}] = {value[index].item()}"
+    where = ", ".join(map(str, index))
+    return f"{name} contains NaN or Inf: {name}[{where}] = {value[index].item()}"
 
 
 def _check_finite(name: str, value: Tensor) -> None:
@@ -129,7 +131,8 @@ def _check_weight(weight: object, num_classes: int, feature_dim: int | None) -> 
     if k != num_classes or (feature_dim is not None and p != feature_dim):
         expected_p = "p" if feature_dim is None else str(feature_dim)
         raise ValueError(
-            f"weight must have shape (..., {num_classes}, {expected_p}) (num_classes, feature_dim), "
+            f"weight must have shape (..., {num_classes}, {expected_p}) "
+            "(num_classes, feature_dim), "
             f"got {tuple(weight.shape)}"
         )
     _check_finite("weight", weight)
@@ -166,7 +169,7 @@ def _nc0_vector(weight: Tensor) -> Tensor:
 
 
 def nc0(weight: Tensor) -> Tensor:
-    """NC0 = ||W^T 1||: the l2 norm of the sum of the class vectors (rows of W, shape (..., K, p))."""
+    """NC0 = ||W^T 1||: the l2 norm of the sum of the class vectors (rows of W, (..., K, p))."""
     return torch.linalg.vector_norm(_nc0_vector(weight), dim=-1)
 
 
@@ -273,7 +276,7 @@ def _scatter_terms(
     )
     agree = None
     if logits is not None:
-        # argmin_k ||h - mu_k||^2 = argmin_k (||mu_k||^2 - ||mu_G||^2 - 2 (M~ h)_k): h.mu_G drops out
+        # argmin_k ||h - mu_k||^2 = argmin_k (||mu_k||^2 - ||mu_G||^2 - 2 (M~ h)_k): h.mu_G drops
         nearest = torch.argmin(cm.ncc_offset.unsqueeze(-2) - 2 * proj, dim=-1)
         agree = (logits.argmax(dim=-1) == nearest).sum(dim=-1).to(features.dtype)
     return _ScatterTerms(a_sum=q.mT @ q, sq_sum=sq.sum(dim=-1), agree=agree)
@@ -284,7 +287,7 @@ def _scatter_terms(
 
 
 def _warn(notes: list[str], stacklevel: int = 3) -> None:
-    """One NCMetricWarning for all notes; stacklevel 3 is the caller of the function calling this."""
+    """One NCMetricWarning for all notes; stacklevel 3: the caller of the function calling this."""
     if notes:
         warnings.warn("; ".join(notes), NCMetricWarning, stacklevel=stacklevel)
 
@@ -364,7 +367,8 @@ def _nc1(
     if bool(singular.any()):
         notes.append(
             "nc1 is NaN because the between-class scatter is rank-deficient: the condition number "
-            f"of G + c u u^T (G = M~ M~^T) is {cond.max().item():.3g} > {_cond_limit(gram.dtype):.3g} "
+            f"of G + c u u^T (G = M~ M~^T) is {cond.max().item():.3g} > "
+            f"{_cond_limit(gram.dtype):.3g} "
             f"(two class means coincide, or feature_dim < num_classes - 1){_count_runs(singular)}"
         )
     return torch.where(singular, torch.nan, value)
@@ -377,7 +381,7 @@ def _metrics_from_stats(
     weight: Tensor,
     bias: Tensor | None,
 ) -> dict[str, Tensor]:
-    """All metric keys from pass-1 means, pass-2 terms and the classifier (weight already checked)."""
+    """All metric keys from pass-1 means, pass-2 terms and the classifier (weight checked)."""
     del bias  # it enters only through the logits (NC4); NC0 excludes it by definition
     notes: list[str] = []
     k = cm.counts.shape[0]

@@ -180,7 +180,9 @@ class NCAccumulator:
 
     # -- pass 2 ----------------------------------------------------------------------------------
 
-    def update_scatter(self, features: Tensor, labels: Tensor, logits: Tensor | None = None) -> None:
+    def update_scatter(
+        self, features: Tensor, labels: Tensor, logits: Tensor | None = None
+    ) -> None:
         """Pass 2: add a batch to the within-class statistics, using the frozen class means.
 
         Args:

@@ -355,6 +355,12 @@ def test_batched_runs_equal_single_runs():
     shared = nc_metrics(features[0], labels, weight, bias, num_classes=k)
     assert shared["nc0"].shape == (runs,)
     torch.testing.assert_close(shared["nc1"], batched["nc1"][0].expand(runs))
+    # features stacked, one weight shared by all runs
+    one_weight = nc_metrics(features, labels, weight[0], bias[0], num_classes=k)
+    for key in METRIC_KEYS:
+        assert one_weight[key].shape == (runs,)
+    torch.testing.assert_close(one_weight["nc1"], batched["nc1"])
+    torch.testing.assert_close(one_weight["nc0"], batched["nc0"][0].expand(runs))
 
 
 # ----------------------------------------------------------------------------------------------

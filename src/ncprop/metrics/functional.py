@@ -416,11 +416,11 @@ def _metrics_from_stats(
         notes.append("nc4 and nc4_mismatch are NaN because no logits were given to update_scatter")
         out["nc4"] = torch.full_like(out["nc0"], torch.nan)
     else:
-        out["nc4"] = (terms.agree / num_samples).expand_as(out["nc0"]).clone()
+        out["nc4"] = terms.agree / num_samples
     out["nc4_mismatch"] = 1 - out["nc4"]
     # rounding of ||h||^2 - 2 h.mu_y + ||mu_y||^2 can leave a sum of exact zeros at -eps: clip
-    out["tr_sw"] = (terms.sq_sum / num_samples).clamp(min=0).expand_as(out["nc0"]).clone()
-    out["tr_sb"] = (m_norm.square() / k).expand_as(out["nc0"]).clone()
+    out["tr_sw"] = (terms.sq_sum / num_samples).clamp(min=0)
+    out["tr_sb"] = m_norm.square() / k
     run_shape = torch.broadcast_shapes(*(v.shape for v in out.values()))
     _warn(notes, stacklevel=4)  # the caller of nc_metrics / NCAccumulator.compute
     return {key: out[key].expand(run_shape).clone() for key in METRIC_KEYS}

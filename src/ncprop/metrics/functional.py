@@ -19,6 +19,10 @@ eigenvalue, so the condition number of ``G + c u u^T`` is exactly that of ``G`` 
 number exceeds ``1/(1000 eps)`` of the accumulation dtype (two class means coincide, or p < K - 1),
 NC1 is NaN and a :class:`NCMetricWarning` says why.
 
+Precision: ``Q_i`` is a difference of K-vectors (relative rounding ~ eps ||h|| / ||h - mu_y||);
+``tr_sw`` expands ``||h - mu_y||^2 = ||h||^2 - 2 h.mu_y + ||mu_y||^2`` so as to read the features only
+once more (relative rounding ~ eps ||h||^2 / ||h - mu_y||^2, negligible in float64).
+
 The same private helpers serve :mod:`ncprop.metrics.streaming`; :func:`nc_metrics` is their
 single-batch use, so streaming and in-memory results agree to rounding.
 """

@@ -13,7 +13,7 @@ from ncprop.experiments.presets import (PAPER_LRS_OTHER, PAPER_MOMENTA, PAPER_WD
                                         load_sweep_file)
 from ncprop.experiments.train import RunResult, checkpoint_path
 
-pytestmark = pytest.mark.fast
+# fast tests unless marked slow (module-level marks cannot be removed per test)
 
 
 def tiny(**kw) -> RunConfig:
@@ -25,6 +25,7 @@ def tiny(**kw) -> RunConfig:
 
 
 # ------------------------------------------------------------------ config
+@pytest.mark.fast
 def test_run_id_is_stable_and_ignores_device_and_tags():
     a = tiny()
     assert a.run_id == tiny().run_id == RunConfig.from_json(a.to_json()).run_id
@@ -35,6 +36,7 @@ def test_run_id_is_stable_and_ignores_device_and_tags():
     assert tiny(optimizer="signgd", momentum=0.0).run_id == tiny(optimizer="signgd", momentum=0).run_id
 
 
+@pytest.mark.fast
 def test_config_validation_names_the_bad_value():
     with pytest.raises(ValueError, match="lr"):
         tiny(lr=-1.0)
@@ -50,6 +52,7 @@ def test_config_validation_names_the_bad_value():
         RunConfig.from_dict({"modle": "mlp"})
 
 
+@pytest.mark.fast
 def test_toml_round_trip(tmp_path):
     path = tmp_path / "run.toml"
     path.write_text('model = "ufm"\ndataset = "ufm"\noptimizer = "adamw"\nlr = 0.01\nweight_decay = 0.05\n'
@@ -59,6 +62,7 @@ def test_toml_round_trip(tmp_path):
     assert (c.optimizer, c.lr, c.epochs, c.model_options["feature_dim"]) == ("adamw", 0.01, 5, 4)
 
 
+@pytest.mark.fast
 def test_example_configs_parse():
     from pathlib import Path
 
@@ -68,6 +72,7 @@ def test_example_configs_parse():
         assert configs, path
 
 
+@pytest.mark.fast
 def test_metric_epochs():
     assert metric_epochs(tiny(epochs=200, metric_epochs="log:5")) == (0, 1, 4, 14, 53, 200)
     assert metric_epochs(tiny(epochs=10, metric_epochs="every:4")) == (0, 4, 8, 10)
@@ -77,6 +82,7 @@ def test_metric_epochs():
         tiny(metric_epochs="sometimes")
 
 
+@pytest.mark.fast
 def test_schedules():
     f = [lr_factor("step", t, steps_per_epoch=2, epochs=200) for t in range(400)]
     assert f[131] == 1.0 and f[132] == pytest.approx(0.1) and f[265] == pytest.approx(0.1)
@@ -88,6 +94,7 @@ def test_schedules():
 
 
 # ------------------------------------------------------------------ presets
+@pytest.mark.fast
 def test_paper_preset_is_the_papers_grid():
     runs = expand("paper")
     assert len(runs) == 3888
@@ -105,6 +112,7 @@ def test_paper_preset_is_the_papers_grid():
     assert {(c.epochs, c.batch_size, c.schedule, c.beta2) for c in runs} == {(200, 128, "step", 0.999)}
 
 
+@pytest.mark.fast
 def test_other_presets():
     inter = expand("paper-interpolation")
     assert [c.coupled_share * 5e-4 for c in inter] == pytest.approx([i * 1e-4 for i in range(6)])
@@ -129,6 +137,7 @@ def test_other_presets():
 
 
 # ------------------------------------------------------------------ training loop
+@pytest.mark.fast
 def test_train_run_records_every_metric():
     r = train_run(tiny())
     assert r.status == "done" and [e for e, _ in r.history] == list(range(7))
@@ -138,12 +147,14 @@ def test_train_run_records_every_metric():
     assert final["nc0"] < r.history[0][1]["nc0"]
 
 
+@pytest.mark.fast
 def test_divergence_is_recorded_not_raised():
     r = train_run(tiny(lr=1e12, epochs=30))
     assert r.status == "diverged" and "non-finite" in r.error
     assert r.last_epoch < 30 and math.isnan(r.final["train_loss"])
 
 
+@pytest.mark.fast
 def test_checkpoint_resume_gives_the_uninterrupted_numbers(tmp_path):
     config = tiny(epochs=8)
     full = train_run(config)
@@ -167,6 +178,7 @@ def test_checkpoint_resume_gives_the_uninterrupted_numbers(tmp_path):
 
 
 # ------------------------------------------------------------------ store and sweeps
+@pytest.mark.fast
 def test_store_commit_replaces_partial_rows_and_exports(tmp_path):
     config = tiny()
     with ResultStore(tmp_path) as store:
@@ -191,6 +203,7 @@ def test_store_commit_replaces_partial_rows_and_exports(tmp_path):
     assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
 
 
+@pytest.mark.fast
 def test_inline_sweep_runs_each_config_once(tmp_path):
     configs = [tiny(seed=s) for s in range(2)] + [tiny(optimizer="adamw", lr=1e-2, weight_decay=0.05),
                                                  tiny(lr=1e12, epochs=20)]
@@ -203,6 +216,7 @@ def test_inline_sweep_runs_each_config_once(tmp_path):
         run_sweep(configs + configs[:1], tmp_path / "x", executor=InlineExecutor())
 
 
+@pytest.mark.fast
 def test_failed_runs_are_recorded_and_the_sweep_goes_on(tmp_path):
     bad = tiny(model="mlp", dataset="mnist", data_options={"root": str(tmp_path / "missing")})
     summary = run_sweep([bad, tiny()], tmp_path / "out", executor=InlineExecutor())
@@ -211,12 +225,18 @@ def test_failed_runs_are_recorded_and_the_sweep_goes_on(tmp_path):
         assert store.run_ids("failed") == [bad.run_id]
 
 
-def test_report_summary_without_figures(tmp_path):
+@pytest.mark.slow
+@pytest.mark.parametrize("figures", [False, True])
+def test_report_summary_and_figures(tmp_path, figures):
     from ncprop.experiments.report import write_report
 
     configs = [tiny(optimizer=o, lr=lr, weight_decay=wd, epochs=8, metric_epochs="log:3") for o, lr, wd in
                (("sgd", 0.5, 5e-3), ("sgd", 0.5, 0.0), ("adamw", 1e-2, 5e-2))]
     run_sweep(configs, tmp_path, executor=InlineExecutor())
-    text = write_report(tmp_path, min_train_acc=0.0, figures=False).read_text()
+    text = write_report(tmp_path, min_train_acc=0.0, figures=figures).read_text()
     assert "| SGD | coupled |" in text and "| AdamW | decoupled |" in text
+    if figures:
+        for name in ("nc_over_epochs_tiny", "final_vs_wd_tiny", "nc0_theory_tiny"):
+            for ext in ("png", "pdf"):
+                assert (tmp_path / "report" / f"{name}.{ext}").stat().st_size > 1000, name
     assert (tmp_path / "report" / "metrics.csv").exists() and (tmp_path / "report" / "metrics.parquet").exists()

@@ -87,7 +87,7 @@ def paper_vit() -> list[RunConfig]:
 TOY_OPTIMIZERS = ("sgd", "sgdw", "adam", "adamw", "adam_mix", "signgd", "signgd_w", "signum", "signum_w", "lion")
 _TOY_LR = {"sgd": 0.1, "sgdw": 0.1}
 _UFM_LR = {"sgd": 0.5, "sgdw": 0.5}
-_TOY_WD_COUPLED = (1e-3, 5e-3)
+_TOY_WD_COUPLED = (1e-3, 5e-3, 2e-2)
 _TOY_WD_DECOUPLED = (1e-2, 5e-2)
 _MNIST1D_WD_COUPLED = (1e-3, 5e-3)
 _MNIST1D_WD_DECOUPLED = (5e-2, 2e-1)

@@ -8,7 +8,7 @@ lives in its own module::
     ncprop run CONFIG.toml [--epochs 3 --lr 0.1 ...] [--out DIR]
     ncprop sweep PRESET|SWEEP.toml --out DIR [--executor local|ray] [--workers N] [--limit N]
     ncprop report DIR
-    ncprop gate ...   (ncprop.gate:add_parser)
+    ncprop gate ...   (ncprop.gate.add_arguments / run_from_args, imported only for "gate")
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ SUBCOMMANDS: dict[str, str] = {
     "run": "ncprop.cli:add_run_parser",
     "sweep": "ncprop.cli:add_sweep_parser",
     "report": "ncprop.cli:add_report_parser",
-    "gate": "ncprop.gate:add_parser",
+    "gate": "ncprop.cli:add_gate_parser",
 }
 
 
@@ -85,7 +85,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         return 0
     from ncprop.experiments.train import train_run
 
-    result = train_run(config)
+    result = train_run(config, show_progress=True)
     _out(json.dumps({"run_id": result.run_id, "status": result.status, "wall_s": round(result.wall_s, 3),
                      "final": result.final, "error": result.error}, default=str))
     return 0 if result.status != "failed" else 1
@@ -137,6 +137,16 @@ def cmd_report(args: argparse.Namespace) -> int:
     summary = write_report(args.dir, min_train_acc=args.min_train_acc, figures=not args.no_figures)
     _out(str(summary))
     return 0
+
+
+# ---------------------------------------------------------------------------------------------- gate
+def add_gate_parser(sub) -> None:
+    """``ncprop gate``: the regression gate's own arguments and entry point (:mod:`ncprop.gate`)."""
+    from ncprop import gate
+
+    p = sub.add_parser("gate", help="regression gate: theorem-level checks on an optimizer")
+    gate.add_arguments(p)
+    p.set_defaults(func=gate.run_from_args)
 
 
 # ---------------------------------------------------------------------------------------------- main

@@ -46,8 +46,6 @@ def _freeze(value: Any) -> Any:
         return {str(k): _freeze(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
         return [_freeze(v) for v in value]
-    if isinstance(value, float) and value.is_integer() and abs(value) < 2**53:
-        return value  # keep floats as floats (1.0 != 1 in the hash would be confusing either way)
     return value
 
 

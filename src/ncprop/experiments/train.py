@@ -221,10 +221,12 @@ def checkpoint_path(checkpoint_dir: str | os.PathLike, run_id: str) -> Path:
 
 def train_run(config: RunConfig, *, checkpoint_dir: str | os.PathLike | None = None,
               cache_dir: str | os.PathLike | None = None,
-              on_epoch: Callable[[int, dict[str, float]], None] | None = None) -> RunResult:
+              on_epoch: Callable[[int, dict[str, float]], None] | None = None,
+              show_progress: bool = False) -> RunResult:
     """Train ``config`` to the end (or to divergence) and return its :class:`RunResult`.
 
     Exceptions other than divergence propagate (the sweep records them as ``"failed"``).
+    ``show_progress`` draws an epoch bar through :func:`ncprop.progress.progress` (``ncprop run``).
     """
     start = time.perf_counter()
     run_id = config.run_id
@@ -268,7 +270,12 @@ def train_run(config: RunConfig, *, checkpoint_dir: str | os.PathLike | None = N
         if not record(0):
             return RunResult(run_id, "diverged", history, time.perf_counter() - start, "non-finite at init")
     model.train()
-    for epoch in range(first_epoch, config.epochs + 1):
+    epochs = range(first_epoch, config.epochs + 1)
+    if show_progress:
+        from ncprop.progress import progress
+
+        epochs = progress(epochs, total=len(epochs), desc=f"run {run_id}")
+    for epoch in epochs:
         loss_sum = torch.zeros((), dtype=torch.float64, device=config.device)
         for i, (x, y) in enumerate(_train_batches(config, train, gen)):
             factor = lr_factor(config.schedule, (epoch - 1) * steps_per_epoch + i, steps_per_epoch=steps_per_epoch,

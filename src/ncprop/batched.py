@@ -354,10 +354,12 @@ def _default_chunk(num_runs: int, per_run_elements: int, dtype: torch.dtype, dev
     if device.type != "cpu":
         return num_runs
     # Keep a chunk's parameters, gradient, two state buffers and the update's temporaries (about
-    # 12 tensors of the parameters' size) inside about 3 MiB of cache.
+    # 12 tensors of the parameters' size) within about 16 MiB (of the order of a last-level cache):
+    # large enough that per-op overhead is amortised over many runs, small enough that the
+    # temporaries are reused from the allocator's heap instead of fresh pages.
     itemsize = torch.empty((), dtype=dtype).element_size()
     per_run = 12 * per_run_elements * itemsize
-    return max(1, min(num_runs, (3 << 20) // max(per_run, 1)))
+    return max(1, min(num_runs, (16 << 20) // max(per_run, 1)))
 
 
 # -------------------------------------------------------------------------------------- engines
@@ -365,6 +367,16 @@ def _default_chunk(num_runs: int, per_run_elements: int, dtype: torch.dtype, dev
 
 def _stack(values: list[float], dtype: torch.dtype, device: torch.device) -> Tensor:
     return torch.tensor(values, dtype=dtype, device=device).reshape(-1, 1, 1)
+
+
+def _per_run(values: list[float], dtype: torch.dtype, device: torch.device) -> float | Tensor:
+    """A hyperparameter for a chunk of runs: a (c, 1, 1) tensor when the runs differ, the Python number
+    when they all agree (``apply_update`` takes either; the number lets it use fused scalar kernels and
+    skip terms that are exactly 0, e.g. the coupled term of AdamW)."""
+    first = values[0]
+    if all(v == first for v in values):
+        return first
+    return _stack(values, dtype, device)
 
 
 def train_batched(
@@ -476,14 +488,14 @@ def train_batched(
         sl = slice(start, min(start + chunk, r))
         runs = canonical[sl]
         c = len(runs)
-        hp: dict[str, Any] = {key: _stack([float(h[key]) for h in runs], dtype, device) for key in keys}
+        hp: dict[str, Any] = {key: _per_run([float(h[key]) for h in runs], dtype, device) for key in keys}
         hp["nesterov"] = bool(runs[0]["nesterov"])
         hp_b = {key: (v.reshape(c, 1) if isinstance(v, Tensor) else v) for key, v in hp.items()}
-        if model == "ufm":
+        if model == "ufm" and feat_decays[sl] != [float(h["weight_decay"]) for h in runs]:
             # Per-row weight decay: features' rows take feature_weight_decay, classifier rows weight_decay.
-            fwd = _stack(feat_decays[sl], dtype, device)
-            if not torch.equal(fwd, hp["weight_decay"]):
-                hp["weight_decay"] = torch.cat([fwd.expand(c, n, 1), hp["weight_decay"].expand(c, k, 1)], 1)
+            fwd = _stack(feat_decays[sl], dtype, device).expand(c, n, 1)
+            wd = _stack([float(h["weight_decay"]) for h in runs], dtype, device).expand(c, k, 1)
+            hp["weight_decay"] = torch.cat([fwd, wd], 1)
         base_lr = hp["lr"]
 
         p_c = params[sl].clone()
@@ -516,7 +528,7 @@ def train_batched(
             if multipliers is not None:
                 lr_t = base_lr * multipliers[t]
                 hp["lr"] = lr_t
-                hp_b["lr"] = lr_t.reshape(c, 1)
+                hp_b["lr"] = lr_t.reshape(c, 1) if isinstance(lr_t, Tensor) else lr_t
             closed_form_gradients(h_c, w_c, b_c, labels_dev, out=out, need_features=model == "ufm")
             apply_update(transforms, p_c, grad, state, hp)
             if bias:

@@ -28,6 +28,10 @@ EXPECTATIONS = ("decays", "plateaus", "conserves")
 _REGIME_OF_EXPECTATION = {"decays": "decays", "plateaus": "plateaus", "conserves": "conserved"}
 
 
+_CANONICAL_DEFAULTS = {"lr": 1e-3, "weight_decay": 0.0, "momentum": 0.0, "beta2": 0.999, "eps": 1e-8,
+                       "dampening": 0.0, "nesterov": False}
+
+
 class TargetError(ValueError):
     """The optimizer named on the command line cannot be loaded or does not build an optimizer."""
 
@@ -88,7 +92,12 @@ def _canonical_adapter(factory, fixed_kwargs: Mapping[str, Any]):
     params = signature.parameters if signature else {}
     takes_all = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()) or signature is None
 
+    required = [name for name, p in params.items()
+                if p.default is inspect.Parameter.empty and name in _CANONICAL_DEFAULTS]
+
     def build(param_list, **hp: Any) -> torch.optim.Optimizer:
+        for name in required:  # a factory may require what a check leaves at its default
+            hp.setdefault(name, _CANONICAL_DEFAULTS[name])
         kwargs: dict[str, Any] = {}
         if "betas" in params and not takes_all:
             default = params["betas"].default

@@ -291,8 +291,9 @@ def closed_form_gradients(features: Tensor, weight: Tensor, bias: Tensor | None,
         z = torch.bmm(features, weight.transpose(1, 2))
     else:
         z = torch.baddbmm(bias.unsqueeze(1), features, weight.transpose(1, 2))
-    g = torch.softmax(z, dim=-1)
-    g.sub_(F.one_hot(labels, k).to(g.dtype)).mul_(1.0 / n)
+    # In place: g = exp(z - max z) / (N * sum exp(z - max z)) - onehot / N.
+    g = z.sub_(z.amax(dim=-1, keepdim=True)).exp_()
+    g.div_(g.sum(dim=-1, keepdim=True).mul_(n)).sub_(F.one_hot(labels, k).to(g.dtype).mul_(1.0 / n))
     out_h, out_w, out_b = out if out is not None else (None, None, None)
     dh = None
     if need_features:

@@ -341,6 +341,25 @@ def _run_metrics(features: Tensor, weight: Tensor, bias: Tensor | None, labels: 
     return out, finite.cpu()
 
 
+def _chunks(canonical: list[dict[str, Any]], feat_decays: list[float] | None, size: int) -> list[list[int]]:
+    """Runs grouped into chunks of at most ``size``: runs sorted by hyperparameters, and a chunk closed
+    early (once at least half full) where a group of runs sharing all but ``lr`` ends, so that more
+    hyperparameters are one number per chunk (Python numbers let ``apply_update`` use scalar kernels).
+    Runs are independent: the grouping changes no result."""
+    def key(i: int) -> tuple:
+        hp = canonical[i]
+        rest = tuple(float(hp[k]) for k in ("momentum", "weight_decay", "beta2", "eps", "dampening", "coupled_share"))
+        return rest + ((feat_decays[i],) if feat_decays is not None else ())
+    order = sorted(range(len(canonical)), key=lambda i: (key(i), float(canonical[i]["lr"]), i))
+    chunks: list[list[int]] = [[]]
+    for i in order:
+        current = chunks[-1]
+        if current and (len(current) >= size or (2 * len(current) >= size and key(i) != key(current[0]))):
+            chunks.append(current := [])
+        current.append(i)
+    return chunks
+
+
 def _record_steps(steps: int, record_every: int | None) -> list[int]:
     if record_every is None:
         marks = [0, steps]
@@ -485,30 +504,32 @@ def train_batched(
     diverged_at = torch.full((r,), -1, dtype=torch.int64)
 
     transforms = info.transforms
-    for start in range(0, r, chunk):
-        sl = slice(start, min(start + chunk, r))
-        runs = canonical[sl]
+    for members in _chunks(canonical, feat_decays, chunk):
+        sl = torch.tensor(members, dtype=torch.int64)
+        sl_dev = sl.to(device)
+        runs = [canonical[i] for i in members]
+        fdecays = None if feat_decays is None else [feat_decays[i] for i in members]
         c = len(runs)
         hp: dict[str, Any] = {key: _per_run([float(h[key]) for h in runs], dtype, device) for key in keys}
         hp["nesterov"] = bool(runs[0]["nesterov"])
         hp_b = {key: (v.reshape(c, 1) if isinstance(v, Tensor) else v) for key, v in hp.items()}
-        if model == "ufm" and feat_decays[sl] != [float(h["weight_decay"]) for h in runs]:
+        if model == "ufm" and fdecays != [float(h["weight_decay"]) for h in runs]:
             # Per-row weight decay: features' rows take feature_weight_decay, classifier rows weight_decay.
-            fwd = _stack(feat_decays[sl], dtype, device).expand(c, n, 1)
+            fwd = _stack(fdecays, dtype, device).expand(c, n, 1)
             wd = _stack([float(h["weight_decay"]) for h in runs], dtype, device).expand(c, k, 1)
             hp["weight_decay"] = torch.cat([fwd, wd], 1)
         base_lr = hp["lr"]
 
-        p_c = params[sl].clone()
+        p_c = params[sl_dev]
         grad = torch.empty_like(p_c)
         state = init_state(transforms, p_c)
         if model == "ufm":
             h_c, w_c = p_c[:, :n], p_c[:, n:]
             out = (grad[:, :n], grad[:, n:], None)
         else:
-            h_c, w_c = h0[sl].contiguous(), p_c
+            h_c, w_c = h0[sl_dev], p_c
             out = (None, grad, None)
-        b_c = b_all[sl].clone() if bias else None
+        b_c = b_all[sl_dev] if bias else None
         if bias:
             grad_b = torch.empty_like(b_c)
             state_b = init_state(transforms, b_c)
@@ -519,8 +540,8 @@ def train_batched(
         def record() -> None:
             metrics, finite = _run_metrics(h_c, w_c, b_c, labels_dev, k)
             rows.append(metrics)
-            new = (~finite) & (diverged_at[sl] < 0)
-            diverged_at[sl][new] = step
+            seen = diverged_at[sl]
+            diverged_at[sl] = torch.where((~finite) & (seen < 0), step, seen)
 
         step = 0
         if 0 in marks:
@@ -537,15 +558,18 @@ def train_batched(
             step = t + 1
             if step in marks:
                 record()
-        params[sl] = p_c
+        params[sl_dev] = p_c
         if bias:
-            b_all[sl] = b_c
-        history_parts.append(rows)
+            b_all[sl_dev] = b_c
+        history_parts.append((sl, rows))
 
     history = []
     for j, mark in enumerate(marks):
-        history.append((mark, {key: torch.cat([part[j][key] for part in history_parts])
-                               for key in history_parts[0][j]}))
+        merged: dict[str, Tensor] = {}
+        for members_t, rows in history_parts:
+            for key, value in rows[j].items():
+                merged.setdefault(key, torch.full((r,), math.nan, dtype=torch.float64))[members_t] = value
+        history.append((mark, merged))
     if model == "ufm":
         final_h, final_w = params[:, :n].contiguous(), params[:, n:].contiguous()
     else:

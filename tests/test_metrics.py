@@ -750,3 +750,100 @@ def test_float32_accumulation_is_available():
     ref = nc_metrics(features, labels, weight, bias, num_classes=3)
     assert got["nc1"].dtype == torch.float32
     assert_metrics_close({k: v.double() for k, v in got.items()}, ref, rtol=1e-3, atol=1e-5)
+
+
+# ----------------------------------------------------------------------------------------------
+# NC4 against given (training-set) class means
+
+
+def _ncc_agreement(h: torch.Tensor, logits: torch.Tensor, means: torch.Tensor) -> float:
+    """Brute force: argmax logits == argmin_k ||h - mu_k||."""
+    nearest = torch.cdist(h, means).argmin(dim=1)
+    return (logits.argmax(dim=1) == nearest).double().mean().item()
+
+
+def _train_and_test_problem():
+    # training means; the nearest-training-mean classifier is linear: W = 2 mu, b = -||mu||^2
+    train_means = torch.tensor([[-1.0, 0.0], [1.0, 0.0], [0.0, 3.0]], dtype=F64)
+    weight, bias = 2 * train_means, -train_means.square().sum(1)
+    # test samples whose own class means sit elsewhere: (0.2, 0) and (0.4, 0) are class 0, nearer
+    # the training mean of class 1 but nearer their own test mean (0.3, 0)
+    test_h = torch.tensor([[0.2, 0.0], [0.4, 0.0], [1.0, 0.0], [1.2, 0.0], [0.0, 3.0], [0.2, 2.8]],
+                          dtype=F64)
+    test_y = torch.tensor([0, 0, 1, 1, 2, 2])
+    return train_means, weight, bias, test_h, test_y
+
+
+def test_nc4_against_given_training_means_differs_from_own_means():
+    train_means, weight, bias, h, y = _train_and_test_problem()
+    logits = h @ weight.T + bias
+    own_means = torch.stack([h[y == k].mean(0) for k in range(3)])
+    expect_train = _ncc_agreement(h, logits, train_means)
+    expect_own = _ncc_agreement(h, logits, own_means)
+    assert expect_train == 1.0 and expect_own < 1.0  # the construction separates the two readings
+    acc = NCAccumulator(3, 2, class_means=train_means)
+    assert acc.given_means and acc.means_finalized
+    for hb, yb, lb in zip(h.split(4), y.split(4), logits.split(4)):
+        acc.update_scatter(hb, yb, logits=lb)
+    got = acc.compute(weight, bias)
+    assert got["nc4"].item() == pytest.approx(expect_train)
+    assert got["nc4_mismatch"].item() == pytest.approx(0.0)
+    # the test set's own means (the in-memory default) give the other value
+    own = nc_metrics(h, y, weight, bias, num_classes=3)
+    assert own["nc4"].item() == pytest.approx(expect_own)
+    # within-class trace is measured around the given means
+    tr_sw = (h - train_means[y]).square().sum(1).mean().item()
+    assert got["tr_sw"].item() == pytest.approx(tr_sw)
+    assert torch.equal(acc.class_means, train_means)
+
+
+def test_given_means_equal_accumulated_means_reproduce_two_passes():
+    features, labels, weight, bias = make_problem(5, 4, 6, [5, 6, 7, 5], offset=2.0)
+    ref = nc_metrics(features, labels, weight, bias, num_classes=4)
+    means = torch.stack([features[labels == k].mean(0) for k in range(4)])
+    acc = NCAccumulator(4, 6, class_means=means)
+    acc.update_scatter(features, labels, logits=features @ weight.T + bias)
+    assert_metrics_close(acc.compute(weight, bias), ref, rtol=1e-9, atol=1e-12)
+    counts = torch.bincount(labels, minlength=4)
+    ref_s = nc_metrics(features, labels, weight, bias, num_classes=4, global_mean="sample")
+    acc = NCAccumulator(4, 6, class_means=means, class_counts=counts, global_mean="sample")
+    acc.update_scatter(features, labels, logits=features @ weight.T + bias)
+    assert_metrics_close(acc.compute(weight, bias), ref_s, rtol=1e-9, atol=1e-12)
+
+
+def test_given_means_bad_use():
+    means = torch.zeros(3, 2, dtype=F64)
+    with pytest.raises(ValueError, match="class_means must have shape"):
+        NCAccumulator(3, 4, class_means=means)
+    with pytest.raises(ValueError, match="needs class_counts"):
+        NCAccumulator(3, 2, class_means=means, global_mean="sample")
+    with pytest.raises(ValueError, match="without class_means"):
+        NCAccumulator(3, 2, class_counts=torch.ones(3))
+    with pytest.raises(ValueError, match="NaN|Inf|finite"):
+        NCAccumulator(3, 2, class_means=torch.full((3, 2), math.nan, dtype=F64))
+    acc = NCAccumulator(3, 2, class_means=means)
+    with pytest.raises(RuntimeError, match="class_means="):
+        acc.update_means(means, torch.arange(3))
+    with pytest.raises(RuntimeError, match="class_means="):
+        acc.finalize_means()
+
+
+def test_collect_nc_metrics_with_training_means():
+    k, gen = 3, torch.Generator().manual_seed(5)
+    model = TinyModel(5, 6, k, seed=2)
+    x_train, x_test = torch.randn(30, 5, generator=gen), torch.randn(21, 5, generator=gen)
+    y_train, y_test = torch.arange(30) % k, torch.arange(21) % k
+    model.eval()
+    with torch.no_grad():
+        h_train, h_test = model.features(x_train).double(), model.features(x_test).double()
+        logits = model.classifier(model.features(x_test)).double()
+    means = torch.stack([h_train[y_train == c].mean(0) for c in range(k)])
+    calls = []
+
+    def batches():
+        calls.append(1)
+        return zip(x_test.split(8), y_test.split(8))
+
+    got = collect_nc_metrics(model, batches, num_classes=k, class_means=means)
+    assert len(calls) == 1  # no first pass
+    assert got["nc4"] == pytest.approx(_ncc_agreement(h_test, logits, means))

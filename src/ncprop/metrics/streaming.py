@@ -7,6 +7,10 @@ class counts and class sums with one product per batch (one-hot labels^T times f
 the NC4 agreement count. :meth:`NCAccumulator.compute` turns them into the metrics of
 :data:`ncprop.metrics.METRIC_KEYS` with the same algebra as :func:`ncprop.metrics.nc_metrics`.
 
+Given class means (``class_means=``): pass 1 is skipped and pass 2 measures the streamed samples
+against those means, e.g. NC4 on a test set with the nearest-class-mean classifier built on the
+*training* features (the paper's protocol) instead of the test set's own means.
+
 Memory: O(K p) per run; no p x p matrix. Host syncs: one per batch (the label range check); the
 NaN/Inf check of the features is deferred to :meth:`finalize_means` / :meth:`compute` (a non-finite
 feature makes its class sum, and the K x K statistics, non-finite), so the passes stay fast.
@@ -68,6 +72,14 @@ class NCAccumulator:
         device: where the statistics live; None means the device of the first batch.
         dtype: accumulation dtype (float64 by default; features are cast to it).
         global_mean: ``"class"`` (mean of class means, the default) or ``"sample"``.
+        class_means: precomputed class means (..., K, p), e.g. ``acc.class_means`` of an
+            accumulator run over the training set. Pass 1 is then skipped (the means count as
+            finalized; :meth:`update_means` raises) and pass 2 may see any samples, whose class
+            counts need not match anything: NC4 is the agreement of the classifier with the
+            nearest of the *given* means, NC1 and ``tr_sw`` measure the streamed samples' scatter
+            around them, and NC2/NC3 describe the given means.
+        class_counts: (K,) samples per class behind ``class_means``; needed only with
+            ``global_mean="sample"`` (mu_G is then the count-weighted mean of the given means).
     """
 
     def __init__(
@@ -78,6 +90,8 @@ class NCAccumulator:
         device: torch.device | str | None = None,
         dtype: torch.dtype = torch.float64,
         global_mean: str = "class",
+        class_means: Tensor | None = None,
+        class_counts: Tensor | None = None,
     ) -> None:
         self.num_classes = _check_num_classes(num_classes)
         check_positive_int("feature_dim", feature_dim)
@@ -88,10 +102,43 @@ class NCAccumulator:
         self.global_mean = global_mean
         self.dtype = dtype
         self.device = None if device is None else torch.device(device)
+        self._given = self._check_given_means(class_means, class_counts)
         self.reset()
 
+    def _check_given_means(
+        self, means: Tensor | None, counts: Tensor | None
+    ) -> tuple[Tensor, Tensor | None] | None:
+        if means is None:
+            if counts is not None:
+                raise ValueError("class_counts is given without class_means; give both or neither")
+            return None
+        means = _check_float_tensor("class_means", means, min_ndim=2)
+        if tuple(means.shape[-2:]) != (self.num_classes, self.feature_dim):
+            raise ValueError(
+                f"class_means must have shape (..., {self.num_classes}, {self.feature_dim}) "
+                f"(num_classes, feature_dim), got {tuple(means.shape)}"
+            )
+        _check_finite("class_means", means)
+        if self.device is None:
+            self.device = means.device
+        means = means.detach().to(self.device, self.dtype)
+        if counts is None:
+            if self.global_mean == "sample":
+                raise ValueError(
+                    "global_mean='sample' with class_means needs class_counts (the samples per "
+                    "class behind the means); got None"
+                )
+        else:
+            counts = torch.as_tensor(counts).to(self.device, self.dtype)
+            if tuple(counts.shape) != (self.num_classes,) or not bool((counts > 0).all()):
+                raise ValueError(
+                    f"class_counts must be ({self.num_classes},) positive counts, "
+                    f"got {counts.tolist()}"
+                )
+        return means, counts
+
     def reset(self) -> None:
-        """Forget both passes (the configuration is kept)."""
+        """Forget both passes (the configuration, and any given class means, are kept)."""
         self._run_shape: tuple[int, ...] | None = None
         self._sums: Tensor | None = None
         self._counts: Tensor | None = None
@@ -101,6 +148,20 @@ class NCAccumulator:
         self._scatter_batches = 0
         self._logit_batches = 0
         self._logits_finite: Tensor | None = None
+        if self._given is not None:
+            means, counts = self._given
+            self._run_shape = tuple(means.shape[:-2])
+            self._counts = counts
+            if counts is None:  # global_mean="class": the counts play no part (unit weights)
+                ones = torch.ones(self.num_classes, dtype=self.dtype, device=self.device)
+                self._means = _class_means(means, ones, "class")
+            else:
+                self._means = _class_means(means * counts.unsqueeze(-1), counts, self.global_mean)
+
+    @property
+    def given_means(self) -> bool:
+        """True when the class means were given (``class_means=``), not accumulated in pass 1."""
+        return self._given is not None
 
     # -- helpers ---------------------------------------------------------------------------------
 
@@ -130,14 +191,14 @@ class NCAccumulator:
 
     @property
     def class_counts(self) -> Tensor:
-        """Samples per class seen in pass 1, shape (K,)."""
+        """Samples per class seen in pass 1 (or the given ``class_counts``), shape (K,)."""
         if self._counts is None:
             raise RuntimeError("no batch has been given to update_means yet")
         return self._counts
 
     @property
     def class_means(self) -> Tensor:
-        """Class means frozen by :meth:`finalize_means`, shape (..., K, p)."""
+        """Class means frozen by :meth:`finalize_means` (or given), shape (..., K, p)."""
         if self._means is None:
             raise RuntimeError("class means are available only after finalize_means()")
         return self._means.means
@@ -146,6 +207,11 @@ class NCAccumulator:
 
     def update_means(self, features: Tensor, labels: Tensor) -> None:
         """Pass 1: add a batch (features (..., B, p), labels (B,)) to the class sums and counts."""
+        if self._given is not None:
+            raise RuntimeError(
+                "update_means called on an accumulator built with class_means=: the class means "
+                "are given, there is no first pass"
+            )
         if self._means is not None:
             raise RuntimeError(
                 "update_means called after finalize_means(): the class means are frozen for the "
@@ -164,6 +230,9 @@ class NCAccumulator:
 
         Raises ValueError on an empty class or on NaN/Inf in the pass-1 features.
         """
+        if self._given is not None:
+            raise RuntimeError("finalize_means() called on an accumulator built with class_means=: "
+                               "the class means are given, there is no first pass")
         if self._means is not None:
             raise RuntimeError("finalize_means() was already called")
         if self._sums is None or self._counts is None:
@@ -250,7 +319,7 @@ class NCAccumulator:
             weight=tuple(weight.shape[:-2]),
             bias=() if bias is None else tuple(bias.shape[:-1]),
         )
-        if not torch.equal(self._scatter_counts, self._counts):
+        if self._given is None and not torch.equal(self._scatter_counts, self._counts):
             raise ValueError(
                 "the two passes must see the same samples: class counts were "
                 f"{self._counts.long().tolist()} in pass 1 but "  # type: ignore[union-attr]
@@ -281,6 +350,8 @@ def collect_nc_metrics(
     num_classes: int,
     device: torch.device | str | None = None,
     global_mean: str = "class",
+    class_means: Tensor | None = None,
+    class_counts: Tensor | None = None,
 ) -> dict[str, float]:
     """All NC metrics of an NCModel over a data set, in two streaming passes, as floats.
 
@@ -292,6 +363,10 @@ def collect_nc_metrics(
         num_classes: K.
         device: where to run the model and keep the statistics (default: the model's device).
         global_mean: ``"class"`` (default) or ``"sample"``.
+        class_means, class_counts: precomputed class means (K, p) (and their class counts, needed
+            only with ``global_mean="sample"``), e.g. those of the training set: the first pass is
+            skipped, ``batches_factory`` is called once, and NC4 compares the classifier with the
+            nearest of the given means (see :class:`NCAccumulator`).
 
     The model is put in eval mode under ``torch.no_grad()`` and its training mode is restored.
     """
@@ -309,14 +384,17 @@ def collect_nc_metrics(
         classifier.in_features,
         device=device,
         global_mean=global_mean,
+        class_means=class_means,
+        class_counts=class_counts,
     )
     was_training = model.training
     model.eval()
     try:
         with torch.no_grad():
-            for x, y in batches_factory():
-                acc.update_means(model.features(x.to(device)), y.to(device))
-            acc.finalize_means()
+            if not acc.given_means:
+                for x, y in batches_factory():
+                    acc.update_means(model.features(x.to(device)), y.to(device))
+                acc.finalize_means()
             for x, y in batches_factory():
                 h = model.features(x.to(device))
                 acc.update_scatter(h, y.to(device), logits=classifier(h))

@@ -240,3 +240,26 @@ def test_report_summary_and_figures(tmp_path, figures):
             for ext in ("png", "pdf"):
                 assert (tmp_path / "report" / f"{name}.{ext}").stat().st_size > 1000, name
     assert (tmp_path / "report" / "metrics.csv").exists() and (tmp_path / "report" / "metrics.parquet").exists()
+
+
+@pytest.mark.fast
+def test_test_nc4_uses_the_training_class_means():
+    import torch
+
+    from ncprop.experiments.train import build_run, evaluate, load_data
+
+    config = RunConfig(model="mlp", dataset="synthetic", optimizer="sgd", lr=0.1, epochs=1, batch_size=0,
+                       model_options={"widths": [6]},
+                       data_options={"num_classes": 3, "dim": 5, "per_class": 12, "train_per_class": 7,
+                                     "separation": 1.0})
+    train, test = load_data(config)
+    assert torch.bincount(train.y).tolist() == [7, 7, 7] and len(test) == 36
+    model, _ = build_run(config, train)
+    got = evaluate(model, config, train, test)
+    model.eval()
+    with torch.no_grad():
+        (x, y), (xt, _) = next(train.batches(len(train))), next(test.batches(len(test)))
+        h, (logits_t, ht) = model.features(x).double(), model.forward_features(xt)
+    means = torch.stack([h[y == k].mean(0) for k in range(3)])
+    nearest = torch.cdist(ht.double(), means).argmin(1)
+    assert got["test_nc4"] == pytest.approx((logits_t.argmax(1) == nearest).double().mean().item())

@@ -2,7 +2,8 @@
 
 At every epoch of :func:`ncprop.experiments.config.metric_epochs` the run records the training loss
 and accuracy, the test accuracy, every NC metric of :mod:`ncprop.metrics` on the *training* set and
-NC4 on the *test* set (``test_nc4``, class means of the test features). Epoch 0 is the
+NC4 on the *test* set (``test_nc4``: agreement of the classifier with the nearest *training*
+class mean, the paper's protocol). Epoch 0 is the
 initialisation.
 
 Divergence: a non-finite training loss (or non-finite features) ends the run with status
@@ -86,6 +87,10 @@ def _atomic_torch_save(obj: Any, path: Path) -> None:
 def load_data(config: RunConfig, cache_dir: str | os.PathLike | None = None) -> tuple[Any, Any]:
     """``(train, test)`` ArrayDatasets for ``config`` (``(labels, None)`` for the UFM).
 
+    ``data_options`` go to ``ncprop.data.load_dataset`` except two read here:
+    ``train_per_class`` (keep a class-balanced random subset of that many training samples per
+    class, drawn with ``subset_seed``, default 0; the test split is kept whole).
+
     Data sets are cached in the process and, when ``cache_dir`` is given, on disk (generating
     MNIST-1D takes seconds; a sweep's workers then generate it once).
     """
@@ -109,10 +114,14 @@ def _make_data(config: RunConfig) -> tuple[Any, Any]:
         k = int(options.get("num_classes", 10))
         per_class = int(options.get("per_class", 10))
         return torch.arange(k).repeat_interleave(per_class), None
-    from ncprop.data import load_dataset
+    from ncprop.data import class_balanced_subset, load_dataset
 
+    per_class = options.pop("train_per_class", None)
+    subset_seed = int(options.pop("subset_seed", 0))
     train = load_dataset(config.dataset, split="train", **options)
     test = load_dataset(config.dataset, split="test", **options)
+    if per_class is not None:  # a class-balanced training subset; the test set stays whole
+        train = class_balanced_subset(train, int(per_class), torch.Generator().manual_seed(subset_seed))
     return train, test
 
 
@@ -166,10 +175,21 @@ def _eval_batches(config: RunConfig, data: Any) -> Callable[[], Iterator[tuple[t
 
 # ---------------------------------------------------------------------------------------------- metrics
 def _evaluate(model: torch.nn.Module, batches: Callable[[], Iterator], num_classes: int, device: str,
-              prefix: str, nc_keys: tuple[str, ...] | None) -> dict[str, float]:
-    """Loss, accuracy and NC metrics over one data set (in memory when small, else streaming)."""
-    from ncprop.metrics import collect_nc_metrics, nc_metrics
+              prefix: str, nc_keys: tuple[str, ...] | None,
+              class_means: torch.Tensor | None = None) -> tuple[dict[str, float], torch.Tensor | None]:
+    """Loss, accuracy and NC metrics over one data set, and the data set's class means.
 
+    Without ``class_means`` the metrics use the data set's own class means (in memory when small,
+    else two streaming passes) and those means are returned. With ``class_means`` (the training
+    set's) the metrics are measured against them in the same single pass (NC4: agreement with the
+    training set's nearest-class-mean classifier, the paper's protocol for test NC4); None is returned.
+    """
+    from ncprop.metrics import NCAccumulator, collect_nc_metrics, nc_metrics
+
+    feature_dim = model.classifier.in_features
+    given = None
+    if class_means is not None:
+        given = NCAccumulator(num_classes, feature_dim, device=device, class_means=class_means)
     feats, labels, loss_sum, correct, n = [], [], 0.0, 0, 0
     stream = False
     was_training = model.training
@@ -180,7 +200,9 @@ def _evaluate(model: torch.nn.Module, batches: Callable[[], Iterator], num_class
             loss_sum += float(F.cross_entropy(logits.float(), y, reduction="sum"))
             correct += int((logits.argmax(1) == y).sum())
             n += len(y)
-            if not stream:
+            if given is not None:
+                given.update_scatter(h, y, logits=logits)
+            elif not stream:
                 feats.append(h)
                 labels.append(y)
                 if sum(f.numel() * f.element_size() for f in feats) > IN_MEMORY_LIMIT:
@@ -188,28 +210,46 @@ def _evaluate(model: torch.nn.Module, batches: Callable[[], Iterator], num_class
     model.train(was_training)
     out = {f"{prefix}loss": loss_sum / max(n, 1), f"{prefix}acc": correct / max(n, 1)}
     if not math.isfinite(out[f"{prefix}loss"]):
-        return out
+        return out, None
+    means = None
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # undefined metrics come back as NaN; the DB stores them as NULL
-        if stream:
-            nc = collect_nc_metrics(model, batches, num_classes=num_classes, device=device)
+        if given is not None:
+            w = model.classifier.weight.detach()
+            try:
+                nc = {k: float(v) for k, v in given.compute(w).items()}
+            except ValueError:  # non-finite features or logits: the metrics are undefined
+                nc = {k: float("nan") for k in (nc_keys or ())}
+        elif stream:
+            first = NCAccumulator(num_classes, feature_dim, device=device)
+            model.eval()
+            with torch.no_grad():
+                for x, y in batches():
+                    first.update_means(model.features(x), y)
+            model.train(was_training)
+            means = first.finalize_means()
+            nc = collect_nc_metrics(model, batches, num_classes=num_classes, device=device, class_means=means)
         else:
+            h, y = torch.cat(feats).double(), torch.cat(labels)
             w = model.classifier.weight.detach()
             b = model.classifier.bias.detach() if model.classifier.bias is not None else None
-            nc = {k: float(v) for k, v in nc_metrics(torch.cat(feats), torch.cat(labels), w, b,
-                                                      num_classes=num_classes).items()}
+            nc = {k: float(v) for k, v in nc_metrics(h, y, w, b, num_classes=num_classes).items()}
+            onehot = F.one_hot(y, num_classes).to(h.dtype)
+            means = (onehot.T @ h) / onehot.sum(0).clamp(min=1).unsqueeze(1)
     keys = nc_keys if nc_keys is not None else tuple(nc)
     out.update({f"{prefix}{k}": nc[k] for k in keys})
-    return out
+    return out, means
 
 
 def evaluate(model: torch.nn.Module, config: RunConfig, train: Any, test: Any) -> dict[str, float]:
-    """Training loss/accuracy and every NC metric on the training set; accuracy and NC4 on the test set."""
+    """Training loss/accuracy and every NC metric on the training set; accuracy and NC4 on the test
+    set, where NC4 compares the classifier with the nearest *training* class mean (the paper's protocol)."""
     num_classes = model.num_classes
-    out = _evaluate(model, _eval_batches(config, train), num_classes, config.device, "", None)
+    out, means = _evaluate(model, _eval_batches(config, train), num_classes, config.device, "", None)
     out = {("train_loss" if k == "loss" else "train_acc" if k == "acc" else k): v for k, v in out.items()}
-    if test is not None and "nc0" in out:
-        t = _evaluate(model, _eval_batches(config, test), num_classes, config.device, "test_", ("nc4",))
+    if test is not None and "nc0" in out and means is not None:
+        t, _ = _evaluate(model, _eval_batches(config, test), num_classes, config.device, "test_", ("nc4",),
+                         class_means=means)
         out.update(t)
     return out
 

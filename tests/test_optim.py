@@ -377,3 +377,19 @@ def test_device_matches_cpu(name, ncprop_device):
         for x, y in zip(step_cpu, step_dev):
             assert y.device.type == ncprop_device.type
             torch.testing.assert_close(y.cpu(), x, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("name", sorted(REGISTRY))
+def test_canonical_hyperparameters_are_the_built_optimizers(name):
+    """The registry's completed hyperparameters are those the optimizer really uses (one source of
+    truth: Adam's beta1 defaults to 0.9, Lion's beta2 to 0.99)."""
+    info = REGISTRY[name]
+    hp = {"coupled_share": 0.25} if info.coupling == "mixed" else {}
+    canonical = info.canonical_hyperparameters(lr=0.02, **hp)
+    p = torch.zeros(3, dtype=torch.float64, requires_grad=True)
+    group = info.build([p], lr=0.02, **hp).param_groups[0]
+    assert canonical == {key: group[key] for key in canonical}
+    if name in ("adam", "adamw", "lion"):
+        assert canonical["momentum"] == 0.9
+    if name == "lion":
+        assert canonical["beta2"] == 0.99

@@ -119,12 +119,17 @@ class OptimizerInfo:
         return self.reference(params, **self._canonical_kwargs(hp))
 
     def canonical_hyperparameters(self, **hp: Any) -> dict[str, Any]:
-        """``hp`` completed with this optimizer's defaults, as :func:`ncprop.optim.core.apply_update` reads them."""
-        out = dict(lr=1e-3, momentum=0.0, weight_decay=0.0, beta2=0.999, eps=1e-8, dampening=0.0,
-                   nesterov=False, coupled_share=self.coupled_share)
-        out.update(self.fixed)
-        out.update(hp)
-        return out
+        """``hp`` completed with the defaults of the optimizer :meth:`build` makes, as
+        :func:`ncprop.optim.core.apply_update` reads them (Adam's beta1 = 0.9, Lion's beta2 = 0.99...).
+
+        Read off a built optimizer's parameter group, so there is no second copy of the defaults.
+        Only for optimizers built from ncprop's core (:attr:`direction` set).
+        """
+        if self.direction is None:
+            raise ValueError(f"optimizer {self.name!r} is not built from ncprop's core; it has no canonical state")
+        probe = torch.zeros(1, dtype=torch.float64, requires_grad=True)
+        group = self.build([probe], **hp).param_groups[0]
+        return {key: group[key] for key in CANONICAL}
 
 
 def from_canonical(cls: type[torch.optim.Optimizer]) -> Factory:

@@ -63,6 +63,7 @@ import torch
 from torch import Tensor
 
 from ncprop._validation import check_nonnegative, check_positive_int, check_unit_interval
+from ncprop.metrics import nc0, nc0_alpha, nc0_normalized, nc2w  # the metrics module is their one definition
 
 __all__ = [
     "row_sum",
@@ -111,21 +112,6 @@ def row_sum(weight: Tensor) -> Tensor:
     return weight.to(_F64).sum(dim=-2)
 
 
-def nc0(weight: Tensor) -> Tensor:
-    """NC0 as reported: ``||W^T 1||_2``."""
-    return torch.linalg.vector_norm(row_sum(weight), dim=-1)
-
-
-def nc0_alpha(weight: Tensor) -> Tensor:
-    """NC0 as in the theory: ``alpha = ||W^T 1||^2 / K``."""
-    return nc0(weight) ** 2 / weight.shape[-2]
-
-
-def nc0_normalized(weight: Tensor) -> Tensor:
-    """``||W^T 1|| / ||W||_F`` (at most ``sqrt(K)`` by Cauchy-Schwarz)."""
-    return nc0(weight) / torch.linalg.matrix_norm(weight.to(_F64))
-
-
 def zero_sum_residual(grad: Tensor, scale: float | None = None) -> float:
     """``||1^T G|| / (sqrt(K) * scale)``: 0 when the lemma holds (``1^T grad_W L = 0``).
 
@@ -140,18 +126,6 @@ def zero_sum_residual(grad: Tensor, scale: float | None = None) -> float:
     scale = float(torch.linalg.matrix_norm(g)) if scale is None else float(scale)
     denom = math.sqrt(g.shape[0]) * scale
     return 0.0 if denom == 0 else float(torch.linalg.vector_norm(g.sum(dim=0))) / denom
-
-
-def _etf(k: int) -> Tensor:
-    return (torch.eye(k, dtype=_F64) - 1.0 / k) / math.sqrt(k - 1)
-
-
-def nc2w(weight: Tensor) -> Tensor:
-    """``NC2W = || W W^T / ||W W^T|| - E ||_F`` with ``E = (I - J/K)/sqrt(K-1)`` (THEORY.md section 2)."""
-    w = weight.to(_F64)
-    gram = w @ w.transpose(-1, -2)
-    gram = gram / torch.linalg.matrix_norm(gram)[..., None, None]
-    return torch.linalg.matrix_norm(gram - _etf(w.shape[-2]))
 
 
 def prop21_lhs(weight: Tensor) -> Tensor:

@@ -1,7 +1,7 @@
 """Neural Collapse metrics NC0-NC4 (THEORY.md section 2), in memory and streaming.
 
 - :func:`nc_metrics`: every metric from features held in memory, batched over leading run dims.
-- :func:`nc0`, :func:`nc0_alpha`, :func:`nc0_normalized`: NC0 forms from the weight alone.
+- :func:`nc0`, :func:`nc0_alpha`, :func:`nc0_normalized`, :func:`nc2w`: from the weight alone.
 - :class:`NCAccumulator`: the same metrics in two streaming passes over batches.
 - :func:`collect_nc_metrics`: both passes over a model's features, returned as floats.
 """
@@ -13,6 +13,7 @@ from ncprop.metrics.functional import (
     nc0,
     nc0_alpha,
     nc0_normalized,
+    nc2w,
     nc_metrics,
 )
 from ncprop.metrics.streaming import NCAccumulator, collect_nc_metrics
@@ -26,5 +27,6 @@ __all__ = [
     "nc0",
     "nc0_alpha",
     "nc0_normalized",
+    "nc2w",
     "nc_metrics",
 ]

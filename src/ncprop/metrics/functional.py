@@ -45,6 +45,7 @@ __all__ = [
     "nc0",
     "nc0_alpha",
     "nc0_normalized",
+    "nc2w",
     "nc_metrics",
 ]
 
@@ -188,6 +189,17 @@ def nc0_normalized(weight: Tensor) -> Tensor:
     out = _ratio(
         nc0(weight), torch.linalg.matrix_norm(weight), "nc0_normalized", "||W|| = 0", notes
     )
+    _warn(notes)
+    return out
+
+
+def nc2w(weight: Tensor) -> Tensor:
+    """NC2W = ||W W^T / ||W W^T|| - E|| from the weight alone (rows of W, shape (..., K, p));
+    NaN with a warning where W = 0. Proposition 2.1 bounds ||W^T 1||^2/||W||^2 by K * NC2W."""
+    weight = _check_float_tensor("weight", weight, min_ndim=2)
+    _check_finite("weight", weight)
+    notes: list[str] = []
+    out = _etf_distance(weight @ weight.mT, "nc2w", "W W^T = 0", notes)
     _warn(notes)
     return out
 

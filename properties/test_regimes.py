@@ -2,9 +2,12 @@
 decay plateaus, SGD without decay conserves, adaptive without decay drifts), checked on a UFM run."""
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from ncprop import checks
 from ncprop.optim import REGISTRY
+from ncprop.strategies import scaled_examples, seeds
 
 NAMES = list(REGISTRY)
 
@@ -18,6 +21,28 @@ def _hp(name):
 @pytest.mark.parametrize("weight_decay", [0.05, 0.0])
 def test_declared_regime(name, weight_decay):
     result = checks.check_regime(name, _hp(name), weight_decay=weight_decay, steps_per_stage=100)
+    assert result.passed, result.message
+
+
+@st.composite
+def _regime_instances(draw, sign_like):
+    """K, lr, lambda with ``lr * lambda >= 2e-3`` by construction: the regime is asymptotic, and a
+    coupled term needs of the order of ``1/(lr lambda)`` steps to take over, so with 100 steps per
+    stage smaller products leave Adam short of the decay bound (seen at lr = lambda = 0.02)."""
+    k = draw(st.integers(3, 8))
+    lr = draw(st.floats(0.02, 0.1))
+    weight_decay = draw(st.floats(max(0.02, 2e-3 / lr), 0.1))
+    return k, (lr if sign_like else 5 * lr), weight_decay
+
+
+@pytest.mark.fast
+@pytest.mark.parametrize("name", NAMES)
+@scaled_examples(2)
+@given(data=st.data(), seed=seeds())
+def test_declared_regime_on_drawn_instances(name, data, seed):
+    k, lr, weight_decay = data.draw(_regime_instances(REGISTRY[name].sign_like))
+    result = checks.check_regime(name, _hp(name), num_classes=k, lr=lr, weight_decay=weight_decay,
+                                 steps_per_stage=100, seed=seed)
     assert result.passed, result.message
 
 

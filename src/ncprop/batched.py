@@ -275,34 +275,52 @@ def initial_parameters(seed: int, *, num_classes: int, feature_dim: int, num_sam
     return w, h
 
 
+def _bmm_into(a: Tensor, b: Tensor, out: Tensor | None) -> Tensor:
+    """``torch.bmm(a, b)``, written into ``out`` when given. torch hands a batched product to one MKL
+    batched GEMM only when the result is contiguous; into a strided view (a block of packed rows) it
+    falls back to one small GEMM per run, about twice as slow at these sizes, so a strided ``out`` is
+    filled by a contiguous product and one copy."""
+    if out is None:
+        return torch.bmm(a, b)
+    if out.is_contiguous():
+        return torch.bmm(a, b, out=out)
+    return out.copy_(torch.bmm(a, b))
+
+
 def closed_form_gradients(features: Tensor, weight: Tensor, bias: Tensor | None, labels: Tensor,
                           *, out: tuple[Tensor | None, Tensor, Tensor | None] | None = None,
-                          need_features: bool = True) -> tuple[Tensor | None, Tensor, Tensor | None]:
+                          need_features: bool = True,
+                          target: Tensor | None = None) -> tuple[Tensor | None, Tensor, Tensor | None]:
     """Gradients of the mean cross-entropy ``(1/N) sum_i CE(W h_i + b, y_i)`` for stacked runs.
 
     ``features`` (R, N, p), ``weight`` (R, K, p), ``bias`` (R, K) or None, ``labels`` (N,). Returns
     ``(dH, dW, db)`` with ``G = (softmax(H W^T + b) - onehot(y)) / N``: ``dH = G W`` (None unless
     ``need_features``), ``dW = G^T H``, ``db = sum_i G_i`` (None without bias). ``out`` gives
-    preallocated result tensors (views are fine) to write into.
+    preallocated result tensors (views are fine) to write into; ``target`` optionally gives the
+    precomputed ``onehot(y)^T / N`` (K, N) in the features' dtype.
+
+    The logits are formed transposed, ``Z^T = W H^T`` (R, K, N): with K small, MKL's batched GEMM is
+    about twice as fast in this orientation (long output rows) as for ``Z = H W^T`` (R, N, K), and the
+    softmax then reduces over K across contiguous rows of N. The maths is the same.
     """
     n = features.shape[-2]
     k = weight.shape[-2]
+    ht = features.transpose(1, 2)
     if bias is None:
-        z = torch.bmm(features, weight.transpose(1, 2))
+        zt = torch.bmm(weight, ht)
     else:
-        z = torch.baddbmm(bias.unsqueeze(1), features, weight.transpose(1, 2))
-    # In place: g = exp(z - max z) / (N * sum exp(z - max z)) - onehot / N.
-    g = z.sub_(z.amax(dim=-1, keepdim=True)).exp_()
-    g.div_(g.sum(dim=-1, keepdim=True).mul_(n)).sub_(F.one_hot(labels, k).to(g.dtype).mul_(1.0 / n))
+        zt = torch.baddbmm(bias.unsqueeze(2), weight, ht)
+    if target is None:
+        target = F.one_hot(labels, k).T.to(zt.dtype).mul_(1.0 / n)
+    # In place: G^T = exp(z - max z) / (N * sum exp(z - max z)) - onehot^T / N, reduced over K (dim 1).
+    gt = zt.sub_(zt.amax(dim=1, keepdim=True)).exp_()
+    gt.div_(gt.sum(dim=1, keepdim=True).mul_(n)).sub_(target)
     out_h, out_w, out_b = out if out is not None else (None, None, None)
-    dh = None
-    if need_features:
-        dh = torch.bmm(g, weight, out=out_h) if out_h is not None else torch.bmm(g, weight)
-    gt = g.transpose(1, 2)
-    dw = torch.bmm(gt, features, out=out_w) if out_w is not None else torch.bmm(gt, features)
+    dh = _bmm_into(gt.transpose(1, 2), weight, out_h) if need_features else None
+    dw = _bmm_into(gt, features, out_w)
     db = None
     if bias is not None:
-        db = torch.sum(g, dim=1, out=out_b) if out_b is not None else g.sum(dim=1)
+        db = torch.sum(gt, dim=2, out=out_b) if out_b is not None else gt.sum(dim=2)
     return dh, dw, db
 
 
@@ -497,6 +515,7 @@ def train_batched(
 
     keys = ("lr", "momentum", "weight_decay", "beta2", "eps", "dampening", "coupled_share")
     labels_dev = labels.to(device)
+    target = F.one_hot(labels_dev, k).T.to(dtype).mul_(1.0 / n)  # onehot(y)^T / N, shared by all runs
     marks = _record_steps(steps, record_every)
     per_run_elements = params[0].numel() + (h0[0].numel() if model == "fixed" else 0)
     chunk = chunk_size or _default_chunk(r, per_run_elements, dtype, device)
@@ -551,7 +570,7 @@ def train_batched(
                 lr_t = base_lr * multipliers[t]
                 hp["lr"] = lr_t
                 hp_b["lr"] = lr_t.reshape(c, 1) if isinstance(lr_t, Tensor) else lr_t
-            closed_form_gradients(h_c, w_c, b_c, labels_dev, out=out, need_features=model == "ufm")
+            closed_form_gradients(h_c, w_c, b_c, labels_dev, out=out, need_features=model == "ufm", target=target)
             apply_update(transforms, p_c, grad, state, hp)
             if bias:
                 apply_update(transforms, b_c, grad_b, state_b, hp_b)

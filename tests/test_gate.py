@@ -4,6 +4,7 @@ example of a user's optimizer in a file outside the package, and the pytest plug
 from __future__ import annotations
 
 import json
+import os
 import re
 import shlex
 import subprocess
@@ -168,14 +169,18 @@ def test_reference_parity_catches_a_plain_factory_posing_as_sgd(tmp_path):
 @pytest.mark.slow
 @pytest.mark.parametrize("expect, outcome", [("plateaus", 0), ("decays", 1)])
 def test_plugin_runs_the_property_suite_on_a_users_optimizer(expect, outcome):
+    """With the right expectation the registry-wide properties pass on the user's optimizer; with the
+    wrong one the regime property fails, naming the claim. (Hypothesis-drawn properties are left out
+    of the failing run: shrinking a failure is slow and adds nothing here.)"""
     spec = f"examples/my_optimizer.py:make={expect}"
+    selection = "make and not larger and not cnn" + (" and not drawn and not lemma" if outcome else "")
     proc = subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "no:xdist",
-         f"--ncprop-optimizer={spec}", "properties/test_regimes.py", "properties/test_lemma.py",
-         "-k", "make and not larger and not cnn"],
-        cwd=ROOT, capture_output=True, text=True, timeout=600)
+         f"--ncprop-optimizer={spec}", "properties/test_regimes.py", "properties/test_lemma.py", "-k", selection],
+        cwd=ROOT, capture_output=True, text=True, timeout=600,
+        env={**os.environ, "NCPROP_HYPOTHESIS_PROFILE": "ci"})
     summary = proc.stdout.strip().splitlines()[-1]
     assert proc.returncode == outcome, proc.stdout[-3000:]
     assert re.search(r"\d+ passed", summary), summary
     if outcome:
-        assert "T3 violated" in proc.stdout or "T4 violated" in proc.stdout or "regime" in proc.stdout
+        assert re.search(r"\d+ failed", summary) and "predicted regime 'decays'" in proc.stdout, proc.stdout[-3000:]

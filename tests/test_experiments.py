@@ -263,3 +263,22 @@ def test_test_nc4_uses_the_training_class_means():
     means = torch.stack([h[y == k].mean(0) for k in range(3)])
     nearest = torch.cdist(ht.double(), means).argmin(1)
     assert got["test_nc4"] == pytest.approx((logits_t.argmax(1) == nearest).double().mean().item())
+
+
+@pytest.mark.fast
+def test_coupled_gap_verdict_names_the_optimizers_that_fail():
+    from ncprop.experiments.report import _verdict_line, coupled_gap
+
+    def row(opt, nc0):
+        return {"optimizer": opt, "kept": 2, "nc0": nc0, "nc0_normalized": nc0 / 10}
+
+    rows = [row("sgd", 1e-3), row("adam", 1e-2), row("signgd", 2.0), row("signum", 1e-2),
+            row("adamw", 1.5), row("signum_w", 3.0), row("signgd_w", 3.0), row("lion", 4.0), row("sgdw", 9.0)]
+    g = coupled_gap(rows)
+    assert g["verdict"] == "partial" and set(g["passed"]) == {"sgd", "adam", "signum"}
+    assert g["per"]["sgd"][0] == pytest.approx(math.log10(1.5 / 1e-3))
+    line = _verdict_line("mnist1d", rows)
+    assert "only in part" in line and "not for SignGD" in line
+    rows[2] = row("signgd", 1e-2)
+    assert coupled_gap(rows)["verdict"] == "holds" and "holds:" in _verdict_line("ufm", rows)
+    assert coupled_gap([row("sgd", 1.0)]) is None

@@ -13,6 +13,10 @@ Figures, one set per sweep part (``ufm``, ``mnist1d``, ``resnet9-cifar10``...):
 - ``nc0_theory_<part>``: measured NC0 against :func:`ncprop.theory.predict_nc0_trajectory` for the
   SGD family (exact for any backbone, so points lie on the diagonal down to float precision).
 
+Summary verdict per part: whether the paper's coupled-vs-decoupled NC0 gap holds (:func:`coupled_gap`:
+every coupled optimizer's median final NC0 at least one order of magnitude below every decoupled
+sign-like one), with the numbers; "partial" names the optimizers for which it does not.
+
 Verdict per optimizer: ``decays`` when the median final NC0 of its runs with weight decay is below
 ``decay_ratio`` (1e-2) times the median initial NC0, else ``plateaus``; printed next to the regime the
 optimizer registry predicts.
@@ -332,16 +336,78 @@ def _markdown_table(rows: list[dict[str, Any]]) -> list[str]:
     return lines
 
 
-def _contrast(rows: list[dict[str, Any]]) -> str | None:
-    coupled = [r["nc0"] for r in rows if r["optimizer"] in ("sgd", "adam", "signgd", "signum") and r["kept"]]
-    decoupled = [r["nc0"] for r in rows if r["optimizer"] in ("adamw", "signum_w", "signgd_w", "lion") and r["kept"]]
-    coupled, decoupled = [v for v in coupled if math.isfinite(v)], [v for v in decoupled if math.isfinite(v)]
+COUPLED_CONTRAST = ("sgd", "adam", "signgd", "signum")
+DECOUPLED_CONTRAST = ("adamw", "signum_w", "signgd_w", "lion")
+GAP_ORDERS = 1.0  # the gap "holds" when a coupled median NC0 is >= 10x below every decoupled one
+
+
+def _log_gap(low: float, high: float) -> float:
+    if not (math.isfinite(low) and math.isfinite(high)) or high <= 0:
+        return float("nan")
+    return math.log10(high / low) if low > 0 else float("inf")
+
+
+def coupled_gap(rows: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The paper's contrast on one part: each coupled optimizer's median final NC0 (and normalized
+    NC0) against the smallest median of the decoupled sign-like ones, in orders of magnitude.
+
+    ``verdict`` is ``"holds"`` when every coupled optimizer with kept runs is at least
+    :data:`GAP_ORDERS` orders below every decoupled one, ``"partial"`` when some are, ``"fails"``
+    when none is; None when either side has no kept runs.
+    """
+    def pick(names):
+        return {r["optimizer"]: r for r in rows if r["optimizer"] in names and r["kept"]
+                and math.isfinite(r["nc0"])}
+
+    coupled, decoupled = pick(COUPLED_CONTRAST), pick(DECOUPLED_CONTRAST)
     if not coupled or not decoupled:
         return None
-    gap = math.log10(min(decoupled) / max(coupled)) if max(coupled) > 0 else float("inf")
-    return (f"Coupled (SGD, Adam, SignGD, Signum): largest median final NC0 {_fmt(max(coupled))}; decoupled "
-            f"sign-like (AdamW, SignumW, SignGDW, Lion): smallest {_fmt(min(decoupled))}; "
-            f"gap {gap:.1f} orders of magnitude.")
+    floor = min(r["nc0"] for r in decoupled.values())
+    floor_n = min(r["nc0_normalized"] for r in decoupled.values())
+    per = {o: (_log_gap(r["nc0"], floor), _log_gap(r["nc0_normalized"], floor_n)) for o, r in coupled.items()}
+    passed = [o for o, (g, _) in per.items() if g >= GAP_ORDERS]
+    verdict = "holds" if len(passed) == len(per) else "partial" if passed else "fails"
+    return {"verdict": verdict, "per": per, "passed": passed, "coupled": coupled, "decoupled": decoupled,
+            "floor": floor, "floor_normalized": floor_n,
+            "gap": min(g for g, _ in per.values()), "gap_normalized": min(g for _, g in per.values())}
+
+
+def _contrast(rows: list[dict[str, Any]], part: str = "") -> str | None:
+    g = coupled_gap(rows)
+    if g is None:
+        return None
+    coupled = ", ".join(f"{_label(o)} {_fmt(r['nc0'])}" for o, r in g["coupled"].items())
+    decoupled = ", ".join(f"{_label(o)} {_fmt(r['nc0'])}" for o, r in g["decoupled"].items())
+    failed = [o for o in g["per"] if o not in g["passed"]]
+    head = {"holds": "holds", "partial": "holds only in part", "fails": "does not hold"}[g["verdict"]]
+    text = (f"Coupled-vs-decoupled NC0 gap{f' ({part})' if part else ''}: **{head}**. Median final NC0, coupled: "
+            f"{coupled}; decoupled sign-like: {decoupled}. Smallest gap {g['gap']:.1f} orders of magnitude "
+            f"(normalized NC0: {g['gap_normalized']:.1f}); the gap holds when a coupled optimizer's NC0 is at least "
+            f"{GAP_ORDERS:g} order below every decoupled one.")
+    if g["verdict"] == "partial":
+        text += (" Holds for " + ", ".join(f"{_label(o)} ({g['per'][o][0]:.1f} orders)" for o in g["passed"])
+                 + "; not for " + ", ".join(f"{_label(o)} ({g['per'][o][0]:.1f} orders)" for o in failed)
+                 + " at this scale.")
+    return text
+
+
+def _verdict_line(part: str, rows: list[dict[str, Any]]) -> str:
+    g = coupled_gap(rows)
+    if g is None:
+        return f"- {part}: no coupled-vs-decoupled comparison (an optimizer group has no kept runs)."
+    if g["verdict"] == "holds":
+        what = (f"holds: every coupled optimizer's median final NC0 is >= {g['gap']:.1f} orders of magnitude "
+                f"below the smallest decoupled one ({_fmt(g['floor'])}); normalized NC0 "
+                f"{g['gap_normalized']:.1f} orders")
+    elif g["verdict"] == "partial":
+        what = ("holds only in part: for " + ", ".join(f"{_label(o)} ({g['per'][o][0]:.1f} orders)" for o in g["passed"])
+                + ", not for " + ", ".join(f"{_label(o)} ({g['per'][o][0]:.1f} orders)" for o in g["per"]
+                                           if o not in g["passed"])
+                + f" (smallest decoupled median final NC0 {_fmt(g['floor'])})")
+    else:
+        what = (f"does not hold: smallest gap {g['gap']:.1f} orders of magnitude (smallest decoupled median "
+                f"final NC0 {_fmt(g['floor'])})")
+    return f"- {part}: coupled-vs-decoupled NC0 gap {what}."
 
 
 def write_report(out_dir: str | os.PathLike, *, min_train_acc: float = MIN_TRAIN_ACC,
@@ -368,18 +434,22 @@ def write_report(out_dir: str | os.PathLike, *, min_train_acc: float = MIN_TRAIN
              f"Analysed: runs that finished with training accuracy >= {min_train_acc:.0%} "
              f"({len(good)} of {len(all_runs)}); nothing is removed from the database.", "",
              "Table entries are medians over the kept runs at each optimizer's strongest weight decay λ "
-             "(over seeds, learning rates and momenta; the decoupled methods' λ is 10x larger, as in the paper's grid). NC0 = ||W^T 1||, NC0 normalized = ||W^T 1|| / ||W||; NC4 is measured on the "
+             "(over seeds, learning rates and momenta; the decoupled methods' λ lists are larger, as in the paper's grid). NC0 = ||W^T 1||, NC0 normalized = ||W^T 1|| / ||W||; NC4 is measured on the "
              f"test set where there is one. Verdict: *decays* when the final NC0 is below {DECAY_RATIO:g} x its "
              "initial value, else *plateaus*; the last column is the regime the optimizer registry predicts "
              "(THEORY.md).", ""]
     written: list[Path] = []
+    part_rows = {part: summary_rows([r for r in good if r.part == part], [r for r in all_runs if r.part == part])
+                 for part in parts}
+    lines += ["Verdict (coupled SGD, Adam, SignGD, Signum vs decoupled AdamW, SignumW, SignGDW, Lion, at each "
+              "optimizer's strongest kept λ):"] + [_verdict_line(part, part_rows[part]) for part in parts] + [""]
     for part in progress(parts, total=len(parts), desc="report"):
         part_all = [r for r in all_runs if r.part == part]
         part_good = [r for r in good if r.part == part]
         lines += [f"## {part}", ""]
-        rows = summary_rows(part_good, part_all)
+        rows = part_rows[part]
         lines += _markdown_table(rows)
-        contrast = _contrast(rows)
+        contrast = _contrast(rows, part)
         if contrast:
             lines += ["", contrast]
         if figures:

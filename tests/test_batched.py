@@ -124,6 +124,27 @@ def test_closed_form_gradients_match_autograd(bias):
     torch.testing.assert_close(dw.sum(1), torch.zeros(r, p, dtype=torch.float64), rtol=0, atol=1e-14)
 
 
+@pytest.mark.parametrize("bias", [False, True])
+def test_closed_form_gradients_into_packed_views(bias):
+    """Written into strided views of one packed (R, N + K, p) buffer, as train_batched does, and with
+    a precomputed target, the gradients are the very same numbers as the freshly allocated ones."""
+    gen = torch.Generator().manual_seed(6)
+    r, n, k, p = 3, 9, 4, 6
+    packed = torch.randn(r, n + k, p, generator=gen, dtype=torch.float64)
+    h, w = packed[:, :n], packed[:, n:]
+    b = torch.randn(r, k, generator=gen, dtype=torch.float64) if bias else None
+    labels = torch.randint(0, k, (n,), generator=gen)
+    want = closed_form_gradients(h, w, b, labels)
+    grad = torch.full_like(packed, float("nan"))
+    grad_b = torch.full((r, k), float("nan"), dtype=torch.float64) if bias else None
+    target = F.one_hot(labels, k).T.to(torch.float64).mul_(1.0 / n)
+    got = closed_form_gradients(h, w, b, labels, out=(grad[:, :n], grad[:, n:], grad_b), target=target)
+    assert torch.equal(grad[:, :n], want[0]) and torch.equal(grad[:, n:], want[1])
+    assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
+    if bias:
+        assert torch.equal(grad_b, want[2])
+
+
 def test_chunking_changes_nothing():
     hp = {"lr": [0.01, 0.02, 0.03, 0.04, 0.05], "momentum": 0.9, "weight_decay": 5e-3}
     seeds = [0, 1, 2, 3, 4]

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ncprop.optim.core import HeavyBall, apply_update, init_state
+from ncprop.optim.core import HeavyBall, apply_update
 from ncprop.optim.presets import NCOptimizer
 from ncprop.optim.registry import REGISTRY, OptimizerInfo, from_canonical, register
 
@@ -75,22 +75,9 @@ class _SGDWShrinkWithoutLr(NCOptimizer):
         super().__init__(params, direction="sgd", coupling="decoupled", lr=lr, momentum=momentum, dampening=dampening,
                          weight_decay=weight_decay, nesterov=nesterov)
 
-    @torch.no_grad()
-    def step(self, closure=None):
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
-        for group in self.param_groups:
-            for p in group["params"]:
-                if p.grad is None:
-                    continue
-                state = self.state[p]
-                if not state:
-                    state.update(init_state(self.transforms, p))
-                p.mul_(1 - group["weight_decay"])
-                apply_update(self.transforms, p, p.grad, state, {**group, "weight_decay": 0.0})
-        return loss
+    def _update_parameter(self, param, state, group):
+        param.mul_(1 - group["weight_decay"])
+        apply_update(self.transforms, param, param.grad, state, {**group, "weight_decay": 0.0})
 
 
 class _SGDDecayAfterMomentum(NCOptimizer):
@@ -100,23 +87,10 @@ class _SGDDecayAfterMomentum(NCOptimizer):
         super().__init__(params, direction="sgd", coupling="coupled", lr=lr, momentum=momentum, dampening=dampening,
                          weight_decay=weight_decay, nesterov=nesterov)
 
-    @torch.no_grad()
-    def step(self, closure=None):
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
-        for group in self.param_groups:
-            for p in group["params"]:
-                if p.grad is None:
-                    continue
-                state = self.state[p]
-                if not state:
-                    state.update(init_state(self.transforms, p))
-                decay = p.detach() * group["weight_decay"]
-                apply_update(self.transforms, p, p.grad, state, {**group, "weight_decay": 0.0})
-                p.sub_(decay * group["lr"])
-        return loss
+    def _update_parameter(self, param, state, group):
+        decay = param.detach() * group["weight_decay"]
+        apply_update(self.transforms, param, param.grad, state, {**group, "weight_decay": 0.0})
+        param.sub_(decay * group["lr"])
 
 
 def _like(name: str, base: str, cls) -> OptimizerInfo:

@@ -131,8 +131,13 @@ class NCOptimizer(torch.optim.Optimizer):
                 state = self.state[p]
                 if not state:
                     state.update(init_state(self.transforms, p))
-                apply_update(self.transforms, p, p.grad, state, group)
+                self._update_parameter(p, state, group)
         return loss
+
+    def _update_parameter(self, param: torch.Tensor, state: dict[str, Any], group: dict[str, Any]) -> None:
+        """One parameter's update: :func:`ncprop.optim.core.apply_update`. The single override point
+        for variants (the suite's deliberately broken mutants use it)."""
+        apply_update(self.transforms, param, param.grad, state, group)
 
 
 def _betas(betas: tuple[float, float]) -> tuple[float, float]:

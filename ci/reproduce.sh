@@ -7,4 +7,4 @@ source ci/env.sh
 out="${1:-results/toy}"
 ncprop sweep toy --out "$out"
 ncprop report "$out"
-echo "database, figures and summary: $out (summary: $out/summary.md)"
+echo "database: $out/results.sqlite; figures, exports and summary: $out/report/ (summary: $out/report/summary.md)"

@@ -85,13 +85,18 @@ def _coupling(opt: str) -> str:
         return "?"
 
 
-def _predicted(opt: str) -> str:
+def _predicted(opt: str, runs: list[Run]) -> str:
+    """The regime the registry predicts for these runs' weight decay and coupled share; "none" where
+    theory makes no prediction (a mix strictly between coupled and decoupled decay)."""
     try:
         from ncprop.optim import get
 
-        return get(opt).regime or "-"
+        info = get(opt)
     except ValueError:
         return "?"
+    predictions = {info.predicted_regime(r.config["weight_decay"], r.config.get("coupled_share"))
+                   for r in runs} or {info.regime}
+    return "/".join(sorted(p or "none" for p in predictions))
 
 
 def _order(opts) -> list[str]:
@@ -308,7 +313,7 @@ def summary_rows(runs: list[Run], all_runs: list[Run]) -> list[dict[str, Any]]:
         row: dict[str, Any] = {"optimizer": opt, "coupling": _coupling(opt), "runs": len(rs_all), "kept": len(rs),
                                "weight_decay": strongest, "at_wd": len(decayed),
                                "diverged": sum(r.status == "diverged" for r in rs_all),
-                               "predicted": _predicted(opt)}
+                               "predicted": _predicted(opt, decayed)}
         for key in TABLE_METRICS:
             row[key] = _median(r.final.get(key) for r in decayed)
         row["test_nc4"] = _median(r.final.get("test_nc4") for r in decayed)

@@ -85,3 +85,13 @@ def test_subcommand_registry_is_extensible(monkeypatch, capsys):
     monkeypatch.setitem(sys.modules, "ncprop_test_hello", module)
     monkeypatch.setitem(cli.SUBCOMMANDS, "hello", "ncprop_test_hello:add_parser")
     assert cli.main(["hello"]) == 7
+
+
+@pytest.mark.fast
+def test_unknown_subcommand_lists_the_choices(capsys):
+    from ncprop.cli import main
+
+    with pytest.raises(SystemExit) as exc:
+        main(["nosuch"])
+    assert exc.value.code == 2
+    assert "invalid choice: 'nosuch' (choose from 'run', 'sweep', 'report', 'gate')" in capsys.readouterr().err

@@ -161,6 +161,8 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="{" + ",".join(SUBCOMMANDS) + "}")
     argv = list(argv or [])
     wanted = next((a for a in argv if not a.startswith("-")), None)
+    if wanted not in SUBCOMMANDS:
+        wanted = None  # an unknown or missing subcommand: build them all, so argparse lists the choices
     for name, target in SUBCOMMANDS.items():
         if wanted is not None and name != wanted:
             continue

@@ -16,8 +16,12 @@ T5_NAMES = [n for n, i in REGISTRY.items() if i.coupling == "decoupled" and i.si
 @pytest.mark.fast
 @pytest.mark.parametrize("name", T5_NAMES)
 @scaled_examples(3)
-@given(seed=seeds(), setup=st.sampled_from(["fixed", "ufm"]), lr=st.floats(0.005, 0.1), wd=st.floats(0.01, 0.5))
+@given(seed=seeds(), setup=st.sampled_from(["fixed", "ufm"]), lr=st.floats(0.005, 0.02), wd=st.floats(0.01, 0.5))
 def test_k2_sign_descent_decays_like_sgdw(name, seed, setup, lr, wd):
+    """The K = 2 cancellation is exact only while the softmax is not saturated to round-off: once
+    p_y rounds to 1, (p_y - 1) is exactly 0 while the other row's p is a tiny non-zero number, and the
+    signs no longer cancel. The thorough profile found that at lr 0.094 after 24 UFM steps (min
+    softmax 1.7e-30); with lr <= 0.02 and 30 steps the smallest softmax seen over 80 instances was 6e-7."""
     result = checks.check_t5(name, num_classes=2, lr=lr, weight_decay=wd, setup=setup, steps=30, seed=seed)
     assert result.passed, result.message
 

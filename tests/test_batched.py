@@ -253,3 +253,17 @@ def test_parity_on_device(ncprop_device):
             one = train_single(name, _run(hp, i), seeds[i], steps=30, bias=True, device=ncprop_device,
                                record_every=10, **sizes)
             _assert_same_run(batch, i, one, rtol=1e-9, atol=1e-11)
+
+
+@pytest.mark.fast
+def test_worker_threads_change_nothing():
+    """Chunks trained on two threads give bit-identical results to one thread (runs are independent)."""
+    hp = {"lr": [0.01, 0.02, 0.03, 0.04], "weight_decay": [0.0, 0.01, 0.05, 0.1], "momentum": 0.9}
+    kw = dict(model="ufm", num_classes=3, feature_dim=4, per_class=2, steps=20, record_every=10, chunk_size=1)
+    one = train_batched("adamw", hp, [0, 1, 2, 3], workers=1, **kw)
+    two = train_batched("adamw", hp, [0, 1, 2, 3], workers=2, **kw)
+    assert torch.equal(one.weight, two.weight) and torch.equal(one.features, two.features)
+    for (s1, m1), (s2, m2) in zip(one.history, two.history):
+        assert s1 == s2 and all(torch.equal(m1[key], m2[key]) for key in m1)
+    with pytest.raises(ValueError, match="workers must be an integer >= 1, got 0"):
+        train_batched("adamw", hp, [0, 1, 2, 3], workers=0, **kw)

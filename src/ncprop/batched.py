@@ -438,6 +438,7 @@ def train_batched(
     init_scale: float = 1.0,
     weight_init_scale: float | None = None,
     chunk_size: int | None = None,
+    workers: int = 1,
 ) -> BatchedResult:
     """Train ``R = len(seeds)`` independent runs of a toy model as one batch.
 
@@ -465,6 +466,8 @@ def train_batched(
         init_scale: standard deviation of drawn features.
         weight_init_scale: standard deviation of ``W``; default ``1/sqrt(p)``.
         chunk_size: runs trained together (default: all on GPU, a cache-sized chunk on CPU).
+        workers: threads that train chunks concurrently (CPU: one per core; torch releases the GIL in
+            its kernels). Runs are independent, so results do not depend on it.
     """
     info = _optimizer_info(optimizer)
     check_choice("model", model, MODELS)
@@ -485,6 +488,7 @@ def train_batched(
     r = len(seeds)
     if chunk_size is not None:
         check_positive_int("chunk_size", chunk_size)
+    check_positive_int("workers", workers)
     canonical = _canonical_runs(info, _per_run_dicts(hyperparameters, r))
     nesterov = {bool(hp["nesterov"]) for hp in canonical}
     if len(nesterov) > 1:
@@ -523,7 +527,8 @@ def train_batched(
     diverged_at = torch.full((r,), -1, dtype=torch.int64)
 
     transforms = info.transforms
-    for members in _chunks(canonical, feat_decays, chunk):
+
+    def train_chunk(members: list[int]) -> None:
         sl = torch.tensor(members, dtype=torch.int64)
         sl_dev = sl.to(device)
         runs = [canonical[i] for i in members]
@@ -581,6 +586,20 @@ def train_batched(
         if bias:
             b_all[sl_dev] = b_c
         history_parts.append((sl, rows))
+
+    chunks = _chunks(canonical, feat_decays, chunk)
+    if workers == 1 or len(chunks) == 1:
+        for members in chunks:
+            train_chunk(members)
+    else:
+        # Chunks are independent runs: threads only change which core computes which chunk (torch
+        # releases the GIL inside its kernels), never the arithmetic, so results are identical.
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            for future in [pool.submit(train_chunk, members) for members in chunks]:
+                future.result()
+    history_parts.sort(key=lambda part: int(part[0][0]))
 
     history = []
     for j, mark in enumerate(marks):

@@ -7,25 +7,11 @@ from hypothesis import strategies as st
 
 from ncprop import checks
 from ncprop.optim import REGISTRY
-from ncprop.strategies import class_counts, hyperparameters, lr_schedules, scaled_examples, seeds
+from ncprop.strategies import scaled_examples, seeds, sgd_family_cases
 
 T1_NAMES = [n for n, i in REGISTRY.items() if i.coupling == "decoupled" and not i.sign_like]
 CONSERVING = [n for n, i in REGISTRY.items() if i.regime_without_decay == "conserved"]
 RTOL = 1e-10  # relative to sqrt(K) max ||W||: float64 round-off over the run
-
-
-@st.composite
-def t1_cases(draw, name):
-    info = REGISTRY[name]
-    hp = draw(hyperparameters(info))
-    momentum = hp.get("momentum", 0.0)
-    nesterov = momentum > 0 and "nesterov" not in info.fixed and draw(st.booleans())
-    dampening = 0.0 if nesterov or "dampening" in info.fixed else draw(st.sampled_from([0.0, 0.3, 0.9]))
-    steps = 30
-    lrs = draw(lr_schedules(hp["lr"], steps))
-    return dict(lr=lrs, momentum=momentum, weight_decay=hp["weight_decay"], dampening=dampening, nesterov=nesterov,
-                setup=draw(st.sampled_from(["mlp", "fixed", "ufm"])), num_classes=draw(class_counts(3, 6)),
-                steps=steps, batch_size=draw(st.sampled_from([None, 2, 5])), seed=draw(seeds()))
 
 
 @pytest.mark.fast
@@ -33,7 +19,7 @@ def t1_cases(draw, name):
 @scaled_examples(6)
 @given(data=st.data())
 def test_t1_row_sum_shrinks_by_one_minus_eta_lambda(name, data):
-    case = data.draw(t1_cases(name))
+    case = data.draw(sgd_family_cases(REGISTRY[name]))
     result = checks.check_t1(name, rtol=RTOL, **case)
     assert result.passed, result.message
 

@@ -1,7 +1,6 @@
 """T2: coupled SGD's row sum follows the data-free recursion (momentum, dampening, Nesterov, any
 schedule); the constant-lr stability boundary and rate. Registry-wide over coupled linear optimizers."""
 
-import math
 
 import pytest
 from hypothesis import given
@@ -9,24 +8,10 @@ from hypothesis import strategies as st
 
 from ncprop import checks, theory
 from ncprop.optim import REGISTRY
-from ncprop.strategies import class_counts, hyperparameters, lr_schedules, scaled_examples, seeds
+from ncprop.strategies import scaled_examples, seeds, sgd_family_cases
 
 T2_NAMES = [n for n, i in REGISTRY.items() if i.coupling == "coupled" and not i.sign_like]
 RTOL = 1e-10
-
-
-@st.composite
-def t2_cases(draw, name):
-    info = REGISTRY[name]
-    hp = draw(hyperparameters(info))
-    momentum = hp.get("momentum", 0.0)
-    nesterov = momentum > 0 and "nesterov" not in info.fixed and draw(st.booleans())
-    dampening = 0.0 if nesterov or "dampening" in info.fixed else draw(st.sampled_from([0.0, 0.3, 0.9]))
-    steps = 30
-    return dict(lr=draw(lr_schedules(hp["lr"], steps)), momentum=momentum, weight_decay=hp["weight_decay"],
-                dampening=dampening, nesterov=nesterov, setup=draw(st.sampled_from(["mlp", "fixed", "ufm"])),
-                num_classes=draw(class_counts(3, 6)), steps=steps, batch_size=draw(st.sampled_from([None, 2, 5])),
-                seed=draw(seeds()))
 
 
 @pytest.mark.fast
@@ -34,7 +19,7 @@ def t2_cases(draw, name):
 @scaled_examples(6)
 @given(data=st.data())
 def test_t2_row_sum_follows_the_recursion(name, data):
-    result = checks.check_t2(name, rtol=RTOL, **data.draw(t2_cases(name)))
+    result = checks.check_t2(name, rtol=RTOL, **data.draw(sgd_family_cases(REGISTRY[name])))
     assert result.passed, result.message
 
 

@@ -107,6 +107,21 @@ def lr_schedules(lr: float, steps: int, *, kinds: tuple[str, ...] = ("constant",
 
 
 @st.composite
+def sgd_family_cases(draw, info: OptimizerInfo, *, steps: int = 30) -> dict[str, Any]:
+    """Keyword arguments for :func:`ncprop.checks.check_t1` / :func:`~ncprop.checks.check_t2`: a learning-rate
+    schedule of ``steps`` steps, momentum, weight decay, dampening or Nesterov (where ``info`` takes
+    them), a training setup (MLP with mini-batches, fixed features, UFM), K >= 3, a batch size, a seed."""
+    hp = draw(hyperparameters(info))
+    momentum = hp.get("momentum", 0.0)
+    nesterov = momentum > 0 and "nesterov" not in info.fixed and draw(st.booleans())
+    dampening = 0.0 if nesterov or "dampening" in info.fixed else draw(st.sampled_from([0.0, 0.3, 0.9]))
+    return dict(lr=draw(lr_schedules(hp["lr"], steps)), momentum=momentum, weight_decay=hp["weight_decay"],
+                dampening=dampening, nesterov=nesterov, setup=draw(st.sampled_from(["mlp", "fixed", "ufm"])),
+                num_classes=draw(class_counts(3, 6)), steps=steps, batch_size=draw(st.sampled_from([None, 2, 5])),
+                seed=draw(seeds()))
+
+
+@st.composite
 def ufm_instances(draw, *, num_classes: st.SearchStrategy[int] | None = None, max_width: int = 12,
                   max_per_class: int = 4, min_gap: float = 1.0, dtype: torch.dtype = torch.float64) -> dict[str, Any]:
     """A well-conditioned UFM instance by construction: ``{"features" (N, p), "labels" (N,),

@@ -24,7 +24,7 @@ import traceback
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
 from ncprop.experiments.config import RunConfig
-from ncprop.experiments.train import RunResult, load_data, train_run
+from ncprop.experiments.train import RunResult, train_run
 
 Task = tuple[RunConfig, ...]
 EXECUTORS = ("local", "ray")
@@ -67,6 +67,35 @@ def _execute_batched(task: Task, cache_dir: str | None) -> list[RunResult]:
 
 
 # ---------------------------------------------------------------------------------------------- executors
+def _in_flight(tasks: Iterable[Task], limit: int, on_submit: Callable[[Task], None], source: str, *,
+               submit: Callable[[Task], Any], wait_any: Callable[[list[Any]], Iterable[Any]],
+               outcome: Callable[[Any], list[RunResult]]) -> Iterator[tuple[Task, list[RunResult]]]:
+    """Keep at most ``limit`` tasks submitted and yield ``(task, results)`` as each finishes.
+
+    ``submit`` returns a handle (a future, a Ray object ref), ``wait_any`` returns the handles that
+    are done, ``outcome`` a handle's results. A task whose worker failed (a crashed process, a lost
+    node, an unpicklable result) is reported as failed runs, so the sweep goes on.
+    """
+    pending: dict[Any, Task] = {}
+    it = iter(tasks)
+    while True:
+        while len(pending) < limit:
+            task = next(it, None)
+            if task is None:
+                break
+            on_submit(task)
+            pending[submit(task)] = task
+        if not pending:
+            return
+        for handle in wait_any(list(pending)):
+            task = pending.pop(handle)
+            try:
+                results = outcome(handle)
+            except Exception as exc:  # noqa: BLE001 - BrokenProcessPool, RayError, pickling: all end the same way
+                results = [RunResult(c.run_id, "failed", [], 0.0, f"{source} error: {exc!r}") for c in task]
+            yield task, results
+
+
 class Executor:
     """Runs tasks and yields ``(task, results)`` as they finish, in any order."""
 
@@ -101,26 +130,12 @@ class LocalExecutor(Executor):
     def map(self, tasks, *, checkpoint_dir, cache_dir, on_submit=lambda t: None):
         self._pool = cf.ProcessPoolExecutor(self.workers, mp_context=mp.get_context("spawn"),
                                             initializer=_worker_init)
-        pending: dict[cf.Future, Task] = {}
-        it = iter(tasks)
         try:
-            while True:
-                while len(pending) < 2 * self.workers:
-                    task = next(it, None)
-                    if task is None:
-                        break
-                    on_submit(task)
-                    pending[self._pool.submit(execute_task, task, checkpoint_dir, cache_dir)] = task
-                if not pending:
-                    return
-                done, _ = cf.wait(pending, return_when=cf.FIRST_COMPLETED)
-                for fut in done:
-                    task = pending.pop(fut)
-                    try:
-                        results = fut.result()
-                    except Exception as exc:  # a worker died (BrokenProcessPool) or could not pickle
-                        results = [RunResult(c.run_id, "failed", [], 0.0, f"worker error: {exc!r}") for c in task]
-                    yield task, results
+            yield from _in_flight(
+                tasks, 2 * self.workers, on_submit, "worker",
+                submit=lambda task: self._pool.submit(execute_task, task, checkpoint_dir, cache_dir),
+                wait_any=lambda handles: cf.wait(handles, return_when=cf.FIRST_COMPLETED)[0],
+                outcome=lambda future: future.result())
         finally:
             self.close()
 
@@ -154,26 +169,11 @@ class RayExecutor(Executor):
         self._remote = ray.remote(_ray_task).options(num_cpus=num_cpus, max_retries=0)
 
     def map(self, tasks, *, checkpoint_dir, cache_dir, on_submit=lambda t: None):
-        ray = self.ray
-        pending: dict[Any, Task] = {}
-        it = iter(tasks)
-        while True:
-            while len(pending) < 2 * self.workers:
-                task = next(it, None)
-                if task is None:
-                    break
-                on_submit(task)
-                pending[self._remote.remote(task, checkpoint_dir, cache_dir)] = task
-            if not pending:
-                return
-            done, _ = ray.wait(list(pending), num_returns=1)
-            for ref in done:
-                task = pending.pop(ref)
-                try:
-                    results = ray.get(ref)
-                except Exception as exc:  # noqa: BLE001 - worker crash, node loss
-                    results = [RunResult(c.run_id, "failed", [], 0.0, f"ray error: {exc!r}") for c in task]
-                yield task, results
+        yield from _in_flight(
+            tasks, 2 * self.workers, on_submit, "ray",
+            submit=lambda task: self._remote.remote(task, checkpoint_dir, cache_dir),
+            wait_any=lambda handles: self.ray.wait(handles, num_returns=1)[0],
+            outcome=self.ray.get)
 
 
 def _ray_task(task: Task, checkpoint_dir: str | None, cache_dir: str | None) -> list[RunResult]:

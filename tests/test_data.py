@@ -3,7 +3,6 @@ the real formats), corrupt and truncated files, and the restricted unpickler."""
 
 from __future__ import annotations
 
-import gzip
 import os
 import pickle
 import random

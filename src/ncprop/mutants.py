@@ -20,8 +20,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch
-
 from ncprop.optim.core import HeavyBall, apply_update
 from ncprop.optim.presets import NCOptimizer
 from ncprop.optim.registry import REGISTRY, OptimizerInfo, from_canonical, register

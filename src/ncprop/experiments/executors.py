@@ -24,7 +24,7 @@ import traceback
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
 from ncprop.experiments.config import RunConfig
-from ncprop.experiments.train import RunResult, train_run
+from ncprop.experiments.train import RunResult, train_group, train_run
 
 Task = tuple[RunConfig, ...]
 EXECUTORS = ("local", "ray")
@@ -49,21 +49,11 @@ def execute_task(task: Task, checkpoint_dir: str | None = None, cache_dir: str |
     """Train every config of ``task``; failures come back as ``"failed"`` results, never as exceptions."""
     try:
         if len(task) > 1 or task[0].engine == "batched":
-            return _execute_batched(task, cache_dir)
+            return train_group(task)  # one stack of UFM runs through ncprop.batched
         return [train_run(task[0], checkpoint_dir=checkpoint_dir, cache_dir=cache_dir)]
     except Exception:  # noqa: BLE001 - a sweep records the failure and goes on
         err = traceback.format_exc()
         return [RunResult(c.run_id, "failed", [], 0.0, err) for c in task]
-
-
-def _execute_batched(task: Task, cache_dir: str | None) -> list[RunResult]:
-    try:
-        from ncprop.batched import train_batched  # noqa: F401
-    except ImportError:  # the batched engine is absent: the per-run loop, one config after the other
-        return [train_run(c, cache_dir=cache_dir) for c in task]
-    from ncprop.experiments.train import train_group
-
-    return train_group(task)
 
 
 # ---------------------------------------------------------------------------------------------- executors

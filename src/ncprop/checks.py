@@ -55,6 +55,7 @@ __all__ = [
     "regime_thresholds",
     "plateau_value",
     "applicable_checks",
+    "run_check",
     "run_checks",
 ]
 
@@ -723,13 +724,16 @@ def applicable_checks(optimizer: OptimizerLike) -> list[tuple[str, Callable[...,
     return out
 
 
+def run_check(name: str, check: Callable[..., CheckResult], kwargs: Mapping[str, Any]) -> CheckResult:
+    """``check(**kwargs)``, with an exception (a user's optimizer may raise anything) reported as a
+    failed result naming ``name`` instead of propagating."""
+    try:
+        return check(**kwargs)
+    except Exception as exc:  # noqa: BLE001 - report it, never raise it
+        return CheckResult(name, False, f"{name} violated: the check raised {type(exc).__name__}: {exc}",
+                           {"exception": repr(exc)})
+
+
 def run_checks(optimizer: OptimizerLike) -> list[CheckResult]:
     """Run :func:`applicable_checks` and return every result (failures included, never raised)."""
-    results = []
-    for name, check, kwargs in applicable_checks(optimizer):
-        try:
-            results.append(check(**kwargs))
-        except Exception as exc:  # noqa: BLE001 - a user's optimizer may raise anything; report it
-            results.append(CheckResult(name, False, f"{name} violated: the check raised {type(exc).__name__}: {exc}",
-                                       {"exception": repr(exc)}))
-    return results
+    return [run_check(name, check, kwargs) for name, check, kwargs in applicable_checks(optimizer)]

@@ -47,6 +47,22 @@ def test_declared_regime_on_drawn_instances(name, data, seed):
 
 
 @pytest.mark.fast
+@pytest.mark.parametrize("mutant", ["adamw_coupled_decay", "adam_decoupled_decay"])
+@scaled_examples(2)
+@given(data=st.data(), seed=seeds())
+def test_twin_swapped_decay_placement_fails_the_declared_regime(mutant, data, seed):
+    """The twin: an optimizer that declares AdamW's regime but couples its decay (or Adam's and
+    decouples it) must fail the regime property on the same drawn instances."""
+    from ncprop.mutants import MUTANTS
+
+    info = MUTANTS[mutant]
+    k, lr, weight_decay = data.draw(_regime_instances(info.sign_like))
+    result = checks.check_regime(info, num_classes=k, lr=lr, weight_decay=weight_decay, steps_per_stage=100,
+                                 seed=seed)
+    assert not result.passed and " violated: predicted regime " in result.message, result.message
+
+
+@pytest.mark.fast
 def test_twin_regime_thresholds_separate():
     t = checks.regime_thresholds(4)
     assert t["decays"] < t["plateaus"] <= checks.plateau_value(4)

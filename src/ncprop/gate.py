@@ -38,13 +38,13 @@ import torch
 from ncprop import checks
 from ncprop.checks import CheckResult
 from ncprop.optim.registry import REGISTRY, OptimizerInfo
-from ncprop.targets import EXPECTATIONS, TargetError, load_target, parse_kwargs
+from ncprop.targets import EXPECTATIONS, REGIME_OF_EXPECTATION, TargetError, load_target, parse_kwargs
 
 __all__ = ["RegimeMeasurement", "GateReport", "measure_regime", "check_parity", "run_gate", "main",
            "EXIT_OK", "EXIT_FAILED", "EXIT_USAGE"]
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
-_EXPECT_OF_REGIME = {"decays": "decays", "plateaus": "plateaus", "conserved": "conserves"}
+_EXPECT_OF_REGIME = {regime: expect for expect, regime in REGIME_OF_EXPECTATION.items()}
 CONSERVED_RTOL = 1e-9
 DECAY_RATIO = 0.9
 

@@ -12,6 +12,7 @@ module name or a path to a ``.py`` file; ``FACTORY`` names, inside it, either
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import importlib.util
 import inspect
@@ -25,7 +26,8 @@ import torch
 from ncprop.optim.registry import OptimizerInfo
 
 EXPECTATIONS = ("decays", "plateaus", "conserves")
-_REGIME_OF_EXPECTATION = {"decays": "decays", "plateaus": "plateaus", "conserves": "conserved"}
+"""What `ncprop gate --expect` accepts; REGIME_OF_EXPECTATION maps each to the registry's regime name."""
+REGIME_OF_EXPECTATION = {"decays": "decays", "plateaus": "plateaus", "conserves": "conserved"}
 
 
 _CANONICAL_DEFAULTS = {"lr": 1e-3, "weight_decay": 0.0, "momentum": 0.0, "beta2": 0.999, "eps": 1e-8,
@@ -137,14 +139,14 @@ def load_target(spec: str, *, expect: str | None = None, kwargs: Mapping[str, An
         info = obj
         if kwargs:
             base = info.factory
-            info = _replace(info, factory=lambda params, **hp: base(params, **{**hp, **kwargs}))
+            info = dataclasses.replace(info, factory=lambda params, **hp: base(params, **{**hp, **kwargs}))
     elif callable(obj):
         info = OptimizerInfo(
             name=name or attr,
             factory=_canonical_adapter(obj, kwargs or {}),
             coupling="unknown",
             sign_like=expect == "plateaus",
-            regime=_REGIME_OF_EXPECTATION[expect] if expect else None,
+            regime=REGIME_OF_EXPECTATION[expect] if expect else None,
             regime_without_decay=None,
             sample_ranges={"lr": (1e-3, 0.05), "weight_decay": (1e-3, 0.1), "momentum": (0.0, 0.9)},
         )
@@ -162,8 +164,3 @@ def load_target(spec: str, *, expect: str | None = None, kwargs: Mapping[str, An
         raise TargetError(f"{spec!r} built a {type(optimizer).__name__}, expected a torch.optim.Optimizer")
     return info
 
-
-def _replace(info: OptimizerInfo, **changes: Any) -> OptimizerInfo:
-    import dataclasses
-
-    return dataclasses.replace(info, **changes)

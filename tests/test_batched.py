@@ -267,3 +267,22 @@ def test_worker_threads_change_nothing():
         assert s1 == s2 and all(torch.equal(m1[key], m2[key]) for key in m1)
     with pytest.raises(ValueError, match="workers must be an integer >= 1, got 0"):
         train_batched("adamw", hp, [0, 1, 2, 3], workers=0, **kw)
+
+
+@pytest.mark.fast
+def test_default_chunks_grow_with_workers_and_change_results_at_round_off_only():
+    """More workers take larger default chunks (fewer kernel launches per run between GIL hand-overs);
+    a chunk then mixes runs whose hyperparameters differ, which rounds differently but stays within
+    float64 round-off of the smaller chunks. The chunk size used is reported."""
+    r = 64
+    hp = {"lr": [0.01 * (1 + i % 4) for i in range(r)], "momentum": [0.5 if i < 32 else 0.9 for i in range(r)],
+          "weight_decay": 0.01}
+    kw = dict(model="ufm", num_classes=10, feature_dim=64, per_class=20, steps=10)
+    one = train_batched("adamw", hp, list(range(r)), workers=1, **kw)
+    two = train_batched("adamw", hp, list(range(r)), workers=2, **kw)
+    assert two.chunk_size > one.chunk_size > 1
+    torch.testing.assert_close(two.weight, one.weight, rtol=1e-13, atol=1e-15)
+    torch.testing.assert_close(two.features, one.features, rtol=1e-13, atol=1e-15)
+    assert train_batched("adamw", hp, list(range(r)), chunk_size=5, **kw).chunk_size == 5
+    assert train_single("adamw", {key: v[0] if isinstance(v, list) else v for key, v in hp.items()}, 0,
+                        **kw).chunk_size == 1

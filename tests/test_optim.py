@@ -393,3 +393,30 @@ def test_canonical_hyperparameters_are_the_built_optimizers(name):
         assert canonical["momentum"] == 0.9
     if name == "lion":
         assert canonical["beta2"] == 0.99
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_square_root_of_the_second_moment_is_correctly_rounded(dtype):
+    """Adam's sqrt(v) is the correctly rounded square root, also on zeros, subnormals and huge values
+    (the inputs where torch's CPU kernel is slow), for contiguous and strided tensors alike."""
+    from ncprop.optim.core import _sqrt
+
+    info = torch.finfo(dtype)
+    special = torch.tensor([0.0, info.tiny / 8, info.tiny, 1.0, 2.0, 3.0, info.max, math.inf], dtype=dtype)
+    gen = torch.Generator().manual_seed(0)
+    wide = torch.exp(torch.empty(4096, dtype=torch.float64).uniform_(-80.0, 80.0, generator=gen)).to(dtype)
+    x = torch.cat([special, wide]).reshape(-1, 8)
+    for tensor in (x, x.T):
+        got = _sqrt(tensor)
+        if dtype == torch.float32:
+            # sqrt in float64, rounded once more to float32, is the correctly rounded float32 sqrt.
+            want = torch.sqrt(tensor.double()).float()
+        else:
+            want = torch.tensor([math.sqrt(v) for v in tensor.flatten().tolist()], dtype=dtype).reshape(tensor.shape)
+        assert got.shape == tensor.shape and got.stride() == tensor.stride()
+        assert torch.equal(got, want)
+    # Dtypes numpy cannot hold, and tensors in autograd, take torch's own kernel.
+    half = x[:1].to(torch.bfloat16)
+    assert torch.equal(_sqrt(half), half.sqrt())
+    leaf = torch.tensor([4.0, 9.0], requires_grad=True)
+    assert torch.equal(_sqrt(leaf).detach(), torch.tensor([2.0, 3.0]))

@@ -37,7 +37,9 @@ metrics are NaN from then on. Runs never interact, so one run's NaN cannot reach
 
 Performance (CPU): the batch is processed in chunks of ``chunk_size`` runs, each chunk trained for
 all ``steps`` before the next, so that a chunk's parameters, gradients and optimizer state stay in
-cache across steps. Runs are independent, so the chunking changes nothing in the results.
+cache across steps. Runs are independent, so the chunking changes results at round-off only: a
+hyperparameter that all runs of a chunk share is a Python number, one that differs a tensor, and
+the two kernels can round differently (for the same chunks the results are bit-identical).
 """
 
 from __future__ import annotations
@@ -79,6 +81,7 @@ class BatchedResult:
         final: ``{metric: Tensor(R,)}`` at the last step.
         diverged: (R,) bool, a NaN/Inf was seen in the run's parameters.
         diverged_at: (R,) int64, the first recorded step where it was seen, -1 if never.
+        chunk_size: the most runs trained together (1 for :func:`train_single`).
     """
 
     optimizer: str
@@ -92,6 +95,7 @@ class BatchedResult:
     final: dict[str, Tensor] = field(default_factory=dict)
     diverged: Tensor | None = None
     diverged_at: Tensor | None = None
+    chunk_size: int = 1
 
     @property
     def num_runs(self) -> int:
@@ -275,18 +279,6 @@ def initial_parameters(seed: int, *, num_classes: int, feature_dim: int, num_sam
     return w, h
 
 
-def _bmm_into(a: Tensor, b: Tensor, out: Tensor | None) -> Tensor:
-    """``torch.bmm(a, b)``, written into ``out`` when given. torch hands a batched product to one MKL
-    batched GEMM only when the result is contiguous; into a strided view (a block of packed rows) it
-    falls back to one small GEMM per run, about twice as slow at these sizes, so a strided ``out`` is
-    filled by a contiguous product and one copy."""
-    if out is None:
-        return torch.bmm(a, b)
-    if out.is_contiguous():
-        return torch.bmm(a, b, out=out)
-    return out.copy_(torch.bmm(a, b))
-
-
 def closed_form_gradients(features: Tensor, weight: Tensor, bias: Tensor | None, labels: Tensor,
                           *, out: tuple[Tensor | None, Tensor, Tensor | None] | None = None,
                           need_features: bool = True,
@@ -297,7 +289,8 @@ def closed_form_gradients(features: Tensor, weight: Tensor, bias: Tensor | None,
     ``(dH, dW, db)`` with ``G = (softmax(H W^T + b) - onehot(y)) / N``: ``dH = G W`` (None unless
     ``need_features``), ``dW = G^T H``, ``db = sum_i G_i`` (None without bias). ``out`` gives
     preallocated result tensors (views are fine) to write into; ``target`` optionally gives the
-    precomputed ``onehot(y)^T / N`` (K, N) in the features' dtype.
+    precomputed ``onehot(y)^T / N`` in the features' dtype, (K, N) or (R, K, N) (a contiguous
+    (R, K, N) copy makes the subtraction a plain pass instead of a broadcast, about 5x faster).
 
     The logits are formed transposed, ``Z^T = W H^T`` (R, K, N): with K small, MKL's batched GEMM is
     about twice as fast in this orientation (long output rows) as for ``Z = H W^T`` (R, N, K), and the
@@ -312,12 +305,15 @@ def closed_form_gradients(features: Tensor, weight: Tensor, bias: Tensor | None,
         zt = torch.baddbmm(bias.unsqueeze(2), weight, ht)
     if target is None:
         target = F.one_hot(labels, k).T.to(zt.dtype).mul_(1.0 / n)
-    # In place: G^T = exp(z - max z) / (N * sum exp(z - max z)) - onehot^T / N, reduced over K (dim 1).
-    gt = zt.sub_(zt.amax(dim=1, keepdim=True)).exp_()
-    gt.div_(gt.sum(dim=1, keepdim=True).mul_(n)).sub_(target)
+    # G^T = softmax(Z^T over K) / N - onehot^T / N: one fused softmax kernel (it subtracts the
+    # maximum over K itself) and two in-place passes, instead of seven passes spelled out.
+    gt = torch.softmax(zt, dim=1).mul_(1.0 / n).sub_(target)
     out_h, out_w, out_b = out if out is not None else (None, None, None)
-    dh = _bmm_into(gt.transpose(1, 2), weight, out_h) if need_features else None
-    dw = _bmm_into(gt, features, out_w)
+    # The products go straight into ``out``. Keep it contiguous where speed matters: into a strided
+    # view torch's CPU bmm loops over the runs with one GEMM each (train_batched lays H and W out so
+    # that their gradients are contiguous views).
+    dh = torch.bmm(gt.transpose(1, 2), weight, out=out_h) if need_features else None
+    dw = torch.bmm(gt, features, out=out_w)
     db = None
     if bias is not None:
         db = torch.sum(gt, dim=2, out=out_b) if out_b is not None else gt.sum(dim=2)
@@ -388,33 +384,35 @@ def _record_steps(steps: int, record_every: int | None) -> list[int]:
     return sorted(set(marks))
 
 
-def _default_chunk(num_runs: int, per_run_elements: int, dtype: torch.dtype, device: torch.device) -> int:
+def _default_chunk(num_runs: int, per_run_elements: int, dtype: torch.dtype, device: torch.device,
+                   workers: int) -> int:
     if device.type != "cpu":
         return num_runs
-    # Keep a chunk's parameters, gradient, two state buffers and the update's temporaries (about
-    # 12 tensors of the parameters' size) within about 16 MiB (of the order of a last-level cache):
-    # large enough that per-op overhead is amortised over many runs, small enough that the
-    # temporaries are reused from the allocator's heap instead of fresh pages.
+    # Budget 16 MiB per worker for about 12 tensors of a chunk's parameter size (parameters,
+    # gradient, state buffers, the update's temporaries): small enough to stay in a last-level
+    # cache, large enough that the ~20 kernel launches of a step are amortised over many runs. The
+    # budget grows with the workers because threads hold the GIL between kernels: fewer, longer
+    # kernels per run matter more than cache when two threads share it. Measured on the 2-core
+    # benchmark machine (R = 256, K = 10, p = 64, float32): one worker is fastest at chunks of 16
+    # runs, two workers at chunks of 32 (6.7 against 7.4 ms per step).
     itemsize = torch.empty((), dtype=dtype).element_size()
     per_run = 12 * per_run_elements * itemsize
-    return max(1, min(num_runs, (16 << 20) // max(per_run, 1)))
+    return max(1, min(num_runs, workers * (16 << 20) // max(per_run, 1)))
 
 
 # -------------------------------------------------------------------------------------- engines
 
 
-def _stack(values: list[float], dtype: torch.dtype, device: torch.device) -> Tensor:
-    return torch.tensor(values, dtype=dtype, device=device).reshape(-1, 1, 1)
-
-
-def _per_run(values: list[float], dtype: torch.dtype, device: torch.device) -> float | Tensor:
-    """A hyperparameter for a chunk of runs: a (c, 1, 1) tensor when the runs differ, the Python number
-    when they all agree (``apply_update`` takes either; the number lets it use fused scalar kernels and
-    skip terms that are exactly 0, e.g. the coupled term of AdamW)."""
+def _per_row(values: list[float], rows: list[int], dtype: torch.dtype, device: torch.device) -> float | Tensor:
+    """A hyperparameter for a parameter of stacked rows, where ``values[i]`` applies to the next
+    ``rows[i]`` rows: the Python number when all values agree, else a (sum(rows), 1) tensor
+    (``apply_update`` takes either; the number lets it use fused scalar kernels and skip terms that
+    are exactly 0, e.g. the coupled term of AdamW)."""
     first = values[0]
     if all(v == first for v in values):
         return first
-    return _stack(values, dtype, device)
+    column = torch.tensor(values, dtype=dtype).repeat_interleave(torch.tensor(rows))
+    return column.reshape(-1, 1).to(device)
 
 
 def train_batched(
@@ -465,9 +463,11 @@ def train_batched(
         feature_weight_decay: UFM feature decay (number or one per run); default: each run's weight_decay.
         init_scale: standard deviation of drawn features.
         weight_init_scale: standard deviation of ``W``; default ``1/sqrt(p)``.
-        chunk_size: runs trained together (default: all on GPU, a cache-sized chunk on CPU).
+        chunk_size: runs trained together (default: all on GPU; on CPU a cache-sized chunk, larger
+            with more workers, see ``_default_chunk``).
         workers: threads that train chunks concurrently (CPU: one per core; torch releases the GIL in
-            its kernels). Runs are independent, so results do not depend on it.
+            its kernels). For a given ``chunk_size`` the results do not depend on it (runs are
+            independent); the default chunk size does, which changes results at round-off only.
     """
     info = _optimizer_info(optimizer)
     check_choice("model", model, MODELS)
@@ -509,20 +509,17 @@ def train_batched(
     w0 = torch.stack(ws).to(device=device, dtype=dtype)
     h0 = torch.stack(hs).to(device=device, dtype=dtype)
 
-    # Parameters: for the UFM, H and W packed as rows of one tensor (R, N + K, p) so that one
-    # apply_update call updates both (the update is element-wise; per-row weight decay broadcasts).
-    if model == "ufm":
-        params = torch.cat([h0, w0], dim=1)
-    else:
-        params = w0.clone()
+    # Final parameters, written back chunk by chunk (fixed features are never written).
+    final_h = h0.clone() if model == "ufm" else h0
+    final_w = w0.clone()
     b_all = torch.zeros(r, k, dtype=dtype, device=device) if bias else None
 
     keys = ("lr", "momentum", "weight_decay", "beta2", "eps", "dampening", "coupled_share")
     labels_dev = labels.to(device)
-    target = F.one_hot(labels_dev, k).T.to(dtype).mul_(1.0 / n)  # onehot(y)^T / N, shared by all runs
+    target = F.one_hot(labels_dev, k).T.to(dtype).mul_(1.0 / n)  # onehot(y)^T / N, the same for all runs
     marks = _record_steps(steps, record_every)
-    per_run_elements = params[0].numel() + (h0[0].numel() if model == "fixed" else 0)
-    chunk = chunk_size or _default_chunk(r, per_run_elements, dtype, device)
+    per_run_elements = (n + k) * p
+    chunk = chunk_size or _default_chunk(r, per_run_elements, dtype, device, workers)
     history_parts: list[list[dict[str, Tensor]]] = []
     diverged_at = torch.full((r,), -1, dtype=torch.int64)
 
@@ -534,26 +531,34 @@ def train_batched(
         runs = [canonical[i] for i in members]
         fdecays = None if feat_decays is None else [feat_decays[i] for i in members]
         c = len(runs)
-        hp: dict[str, Any] = {key: _per_run([float(h[key]) for h in runs], dtype, device) for key in keys}
-        hp["nesterov"] = bool(runs[0]["nesterov"])
-        hp_b = {key: (v.reshape(c, 1) if isinstance(v, Tensor) else v) for key, v in hp.items()}
-        if model == "ufm" and fdecays != [float(h["weight_decay"]) for h in runs]:
-            # Per-row weight decay: features' rows take feature_weight_decay, classifier rows weight_decay.
-            fwd = _stack(fdecays, dtype, device).expand(c, n, 1)
-            wd = _stack([float(h["weight_decay"]) for h in runs], dtype, device).expand(c, k, 1)
-            hp["weight_decay"] = torch.cat([fwd, wd], 1)
-        base_lr = hp["lr"]
+        # The chunk's trained parameters live in one buffer of rows of length p: for the UFM the
+        # c*N feature rows, then the c*K classifier rows. H (c, N, p) and W (c, K, p) are contiguous
+        # views of it, so the batched GEMMs write their gradients in place without a copy, and one
+        # apply_update call steps both, with a hyperparameter that differs between runs given per
+        # row, shape (rows, 1).
+        feature_rows = c * n if model == "ufm" else 0
+        head = {key: [float(h[key]) for h in runs] for key in keys}
+        feature = dict(head, weight_decay=fdecays) if feature_rows else {key: [] for key in keys}
+        row_counts = [n] * c * bool(feature_rows) + [k] * c
+        hp: dict[str, Any] = {key: _per_row(feature[key] + head[key], row_counts, dtype, device) for key in keys}
+        hp_b: dict[str, Any] = {key: _per_row(head[key], [1] * c, dtype, device) for key in keys}
+        hp["nesterov"] = hp_b["nesterov"] = bool(runs[0]["nesterov"])
+        base_lr, base_lr_b = hp["lr"], hp_b["lr"]
 
-        p_c = params[sl_dev]
-        grad = torch.empty_like(p_c)
-        state = init_state(transforms, p_c)
+        flat = torch.empty(feature_rows + c * k, p, dtype=dtype, device=device)
+        grad = torch.empty_like(flat)
+        state = init_state(transforms, flat)
+        w_c = flat[feature_rows:].view(c, k, p)
+        w_c.copy_(w0[sl_dev])
         if model == "ufm":
-            h_c, w_c = p_c[:, :n], p_c[:, n:]
-            out = (grad[:, :n], grad[:, n:], None)
+            h_c = flat[:feature_rows].view(c, n, p)
+            h_c.copy_(h0[sl_dev])
+            out = (grad[:feature_rows].view(c, n, p), grad[feature_rows:].view(c, k, p), None)
         else:
-            h_c, w_c = h0[sl_dev], p_c
-            out = (None, grad, None)
+            h_c = h0[sl_dev]
+            out = (None, grad.view(c, k, p), None)
         b_c = b_all[sl_dev] if bias else None
+        target_c = target.expand(c, k, n).contiguous()
         if bias:
             grad_b = torch.empty_like(b_c)
             state_b = init_state(transforms, b_c)
@@ -572,17 +577,18 @@ def train_batched(
             record()
         for t in range(steps):
             if multipliers is not None:
-                lr_t = base_lr * multipliers[t]
-                hp["lr"] = lr_t
-                hp_b["lr"] = lr_t.reshape(c, 1) if isinstance(lr_t, Tensor) else lr_t
-            closed_form_gradients(h_c, w_c, b_c, labels_dev, out=out, need_features=model == "ufm", target=target)
-            apply_update(transforms, p_c, grad, state, hp)
+                hp["lr"] = base_lr * multipliers[t]
+                hp_b["lr"] = base_lr_b * multipliers[t]
+            closed_form_gradients(h_c, w_c, b_c, labels_dev, out=out, need_features=model == "ufm", target=target_c)
+            apply_update(transforms, flat, grad, state, hp)
             if bias:
                 apply_update(transforms, b_c, grad_b, state_b, hp_b)
             step = t + 1
             if step in marks:
                 record()
-        params[sl_dev] = p_c
+        final_w[sl_dev] = w_c
+        if model == "ufm":
+            final_h[sl_dev] = h_c
         if bias:
             b_all[sl_dev] = b_c
         history_parts.append((sl, rows))
@@ -608,14 +614,10 @@ def train_batched(
             for key, value in rows[j].items():
                 merged.setdefault(key, torch.full((r,), math.nan, dtype=torch.float64))[members_t] = value
         history.append((mark, merged))
-    if model == "ufm":
-        final_h, final_w = params[:, :n].contiguous(), params[:, n:].contiguous()
-    else:
-        final_h, final_w = h0, params
     return BatchedResult(
         optimizer=info.name, hyperparameters=canonical, seeds=seeds, weight=final_w, bias=b_all,
         features=final_h, labels=labels, history=history, final=history[-1][1],
-        diverged=diverged_at >= 0, diverged_at=diverged_at,
+        diverged=diverged_at >= 0, diverged_at=diverged_at, chunk_size=chunk,
     )
 
 

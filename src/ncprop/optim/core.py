@@ -153,14 +153,14 @@ class AdamScale(Transform):
         scale = bias_correction1 / bias_correction2**0.5
         shift = bias_correction1 * eps
         denom = _sqrt(v)
-        if isinstance(scale, Tensor):
-            denom.mul_(scale)
+        if not isinstance(scale, Tensor) and denom.is_cpu and (scale != 1 or not _is_zero(shift)):
+            # shift + scale * sqrt(v) in one pass instead of two (the shift as a 0-d tensor).
+            torch.add(torch.as_tensor(shift, dtype=denom.dtype), denom, alpha=scale, out=denom)
+        else:  # skipped where it is the identity, which keeps the reduction to sign descent exact
+            if isinstance(scale, Tensor) or scale != 1:
+                denom.mul_(scale)
             if not _is_zero(shift):
                 denom.add_(shift)
-        elif scale != 1 or not _is_zero(shift):
-            # shift + scale * sqrt(v) in one pass (the shift as a 0-d tensor, which broadcasts on any
-            # device); skipped when it is the identity, which keeps the reduction to sign descent exact.
-            torch.add(torch.as_tensor(shift, dtype=denom.dtype), denom, alpha=scale, out=denom)
         return torch.div(m, denom, out=denom)
 
 

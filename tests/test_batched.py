@@ -300,3 +300,19 @@ def test_a_failing_worker_process_raises_in_the_caller(monkeypatch):
     if sys.platform.startswith("linux"):
         assert any("batched worker process" in note for note in getattr(info.value, "__notes__", []))
     assert batched._map_chunks(lambda m: m[0] * 2, [[0], [1], [2]], 2, torch.device("cpu")) == [0, 2, 4]
+
+
+def _map_in_pool_worker(_: int) -> list[int]:
+    from ncprop import batched
+
+    return batched._map_chunks(lambda m: m[0] + 1, [[0], [1], [2]], 2, torch.device("cpu"))
+
+
+@pytest.mark.fast
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="forked workers are Linux-only")
+def test_workers_inside_a_daemonic_process_fall_back_to_threads():
+    """A multiprocessing.Pool worker is daemonic and may not fork children: the engine uses threads there."""
+    import multiprocessing
+
+    with multiprocessing.get_context("fork").Pool(1) as pool:
+        assert pool.map(_map_in_pool_worker, [0]) == [[1, 2, 3]]

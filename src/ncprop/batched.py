@@ -441,7 +441,8 @@ def _map_chunks(train_chunk: Callable[[list[int]], _Chunk], chunks: list[list[in
     workers = min(workers, len(chunks))
     if workers == 1:
         return [train_chunk(members) for members in chunks]
-    if device.type == "cpu" and sys.platform.startswith("linux"):
+    # (A daemonic process, such as a multiprocessing.Pool worker, may not have children: threads there.)
+    if device.type == "cpu" and sys.platform.startswith("linux") and not multiprocessing.current_process().daemon:
         return _map_in_forked_processes(train_chunk, chunks, workers)
     with ThreadPoolExecutor(max_workers=workers) as pool:
         return list(pool.map(train_chunk, chunks))

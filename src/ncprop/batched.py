@@ -252,6 +252,16 @@ def _features_input(features: Any, num_runs: int, feature_dim: int) -> Tensor | 
     return features.detach().cpu()
 
 
+def _check_problem(model: str, num_classes: int, feature_dim: int, steps: int, record_every: int | None) -> None:
+    """The checks :func:`train_batched` and :func:`train_single` share."""
+    check_choice("model", model, MODELS)
+    check_positive_int("num_classes", num_classes, minimum=2)
+    check_positive_int("feature_dim", feature_dim)
+    check_positive_int("steps", steps, minimum=0)
+    if record_every is not None:
+        check_positive_int("record_every", record_every)
+
+
 def _schedule(lr_schedule: Callable[[int], float] | None, steps: int) -> list[float] | None:
     if lr_schedule is None:
         return None
@@ -560,12 +570,7 @@ def train_batched(
             elsewhere; see ``_map_chunks``). Runs are independent, so results do not depend on it.
     """
     info = _optimizer_info(optimizer)
-    check_choice("model", model, MODELS)
-    check_positive_int("num_classes", num_classes, minimum=2)
-    check_positive_int("feature_dim", feature_dim)
-    check_positive_int("steps", steps, minimum=0)
-    if record_every is not None:
-        check_positive_int("record_every", record_every)
+    _check_problem(model, num_classes, feature_dim, steps, record_every)
     if dtype not in (torch.float32, torch.float64):
         raise ValueError(f"dtype must be torch.float32 or torch.float64, got {dtype}")
     check_nonnegative("init_scale", init_scale)
@@ -725,12 +730,7 @@ def train_single(
     reference the batched engine is tested and benchmarked against.
     """
     info = _optimizer_info(optimizer)
-    check_choice("model", model, MODELS)
-    check_positive_int("num_classes", num_classes, minimum=2)
-    check_positive_int("feature_dim", feature_dim)
-    check_positive_int("steps", steps, minimum=0)
-    if record_every is not None:
-        check_positive_int("record_every", record_every)
+    _check_problem(model, num_classes, feature_dim, steps, record_every)
     if not isinstance(hyperparameters, Mapping):
         raise ValueError(f"hyperparameters must be one dict for train_single, got {hyperparameters!r}")
     (seed,) = _check_seeds([seed])

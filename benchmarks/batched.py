@@ -24,7 +24,7 @@ engine uses the cores through ``--workers`` (forked processes, one per core by d
 
 Timing: the batched run is repeated (``--repeats``, default 3) and the copy bandwidth measured before
 and after every repeat; the best of each is used, and every batched time is printed. On this shared
-virtual machine the same batched run took between 6.1 and 9.3 s within minutes.
+virtual machine the same batched run took between 5.3 and 9.3 s within minutes.
 """
 
 from __future__ import annotations
@@ -83,6 +83,8 @@ def main() -> None:
                         help="workers training chunks of runs concurrently in the batched engine (default: one per "
                              "core); the copy bandwidth of the floor is measured with as many threads")
     args = parser.parse_args()
+    if args.repeats < 1:
+        parser.error(f"--repeats must be at least 1, got {args.repeats}")
     torch.set_num_threads(args.threads)
     dtype = getattr(torch, args.dtype)
     r, k, p, per_class, steps = args.runs, args.classes, args.dim, args.per_class, args.steps
